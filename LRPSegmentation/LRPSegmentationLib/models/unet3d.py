@@ -1,0 +1,70 @@
+"""The seed's network: a Çiçek-style 3D U-Net (Çiçek et al., MICCAI 2016).
+
+Each level is two (3×3×3 convolution → BatchNorm → ReLU) blocks; the encoder downsamples with
+2×2×2 max pooling, the decoder upsamples with 2×2×2 transposed convolutions and concatenates
+the encoder's features (`torch.cat`), and a 1×1×1 convolution maps to the class logits.
+With ``base_channels=32, depth=4`` it has 22.6 M parameters, the size of the seed's model.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvBlock(nn.Sequential):
+    """Two (Conv3d 3×3×3 → BatchNorm3d → ReLU) layers; spatial size is kept."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, 3, padding=1),
+            nn.BatchNorm3d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(out_channels, out_channels, 3, padding=1),
+            nn.BatchNorm3d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet3D(nn.Module):
+    """3D U-Net returning logits.
+
+    Args:
+        in_channels: number of input sequences C.
+        out_channels: number of classes K.
+        base_channels: feature channels of the first level; level k has ``base_channels * 2**k``.
+        depth: number of 2× downsamplings. Input D, H, W must be divisible by ``2**depth``.
+
+    Shapes: input (N, C, D, H, W) → logits (N, K, D, H, W).
+    """
+
+    def __init__(self, in_channels: int = 6, out_channels: int = 2, base_channels: int = 32,
+                 depth: int = 4) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        widths = [base_channels * 2 ** k for k in range(depth + 1)]
+        self.depth = depth
+        self.encoders = nn.ModuleList()
+        previous = in_channels
+        for width in widths[:-1]:
+            self.encoders.append(ConvBlock(previous, width))
+            previous = width
+        self.pool = nn.MaxPool3d(2)  # one module, called at every level
+        self.bottleneck = ConvBlock(widths[-2], widths[-1])
+        self.upsamplers = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for k in reversed(range(depth)):
+            self.upsamplers.append(nn.ConvTranspose3d(widths[k + 1], widths[k], 2, stride=2))
+            self.decoders.append(ConvBlock(2 * widths[k], widths[k]))
+        self.head = nn.Conv3d(widths[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):
+            x = decoder(torch.cat([skip, upsample(x)], dim=1))
+        return self.head(x)
