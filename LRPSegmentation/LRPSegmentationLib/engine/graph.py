@@ -1,0 +1,717 @@
+"""Trace an ``nn.Module`` as written into a list of LRP-aware nodes, and propagate through them.
+
+The model's own ``forward`` runs once on the real input under a ``TorchFunctionMode``. Every torch
+function that touches a traced tensor becomes a node — functional ops (``torch.cat``, ``+``,
+``F.interpolate``) and modules called more than once included — so nothing is rewritten by hand
+and shape-dependent Python in ``forward`` is followed exactly. While tracing:
+
+- a normalization (BatchNorm in eval, InstanceNorm/GroupNorm with this input's statistics frozen)
+  directly after a convolution or dense layer is folded into it (canonization);
+- in-place operations keep their meaning for the model, but the value they overwrite is kept for
+  the rules;
+- an operation the engine has no LRP semantics for raises `UnsupportedOperationError` naming it and
+  the module it ran in — never a silent wrong map. A tensor computed by such an operation may exist
+  (shape checks, logging), but using it on the way to the output raises.
+
+After tracing, `Graph.prepare` lets each node keep only what its rule needs. Then:
+- `Graph.transpose(v_in)` carries v forward through the transposed LRP maps (v = Lᵀ u);
+- `Graph.relevance(r_out)` runs the LRP backward (M = L r).
+Both are linear in their argument, and both accept a batch of vectors (dim 0).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .composites import Composite
+from .linear import LinearLayer
+from .rules import stabilize
+
+
+class UnsupportedOperationError(ValueError):
+    """The model uses an operation the LRP engine cannot explain."""
+
+
+_TAG = "_lrp_trace"  # attribute on traced tensors: (tracer id, node index) or (tracer id, reason)
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------------------------
+class Node:
+    """One operation of the traced graph. ``inputs`` are indices of the nodes producing the traced
+    operands (node 0 is the model input). Constants (weights, biases, untraced tensors) live in the
+    node. Subclasses define the LRP semantics."""
+
+    def __init__(self, inputs: tuple[int, ...], name: str) -> None:
+        self.inputs = inputs
+        self.name = name
+
+    def prepare(self, values: list, index: int, composite: Composite) -> None:
+        """Keep what `relevance`/`transpose` need; ``values[i]`` are forward outputs."""
+
+    def transpose(self, v_in: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def relevance(self, r: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, inputs={self.inputs})"
+
+
+class InputNode(Node):
+    def __init__(self) -> None:
+        super().__init__((), "input")
+
+
+class LayerNode(Node):
+    """A convolution, dense layer or per-channel affine map; its rule comes from the composite."""
+
+    def __init__(self, inputs, name, layer: LinearLayer, kind: str) -> None:
+        super().__init__(inputs, name)
+        self.layer, self.kind = layer, kind
+        self.rule = None
+        self.state = None
+        self.input_shape = None
+
+    def prepare(self, values, index, composite):
+        self.rule = composite.rule_for(self.kind, is_first=self.inputs[0] == 0)
+        x = values[self.inputs[0]]
+        self.input_shape = x.shape
+        self.state = self.rule.prepare(self.layer, x, values[index])
+
+    def transpose(self, v_in):
+        return self.rule.transpose(self.layer, self.state, v_in[0])
+
+    def relevance(self, r):
+        return [self.rule.relevance(self.layer, self.state, r)]
+
+    def __repr__(self) -> str:
+        return f"LayerNode({self.name!r}, {self.kind}, inputs={self.inputs}, rule={self.rule!r})"
+
+
+class PassNode(Node):
+    """Element-wise activations, dropout in eval, scaling by a constant, copies: relevance passes
+    unchanged (Zennit's ``Pass``; for y = a·x the z-rule gives the same)."""
+
+    def transpose(self, v_in):
+        return v_in[0]
+
+    def relevance(self, r):
+        return [r]
+
+
+def _per_sample(fn: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    """Apply an op traced on batch 1 to each sample of a batch (reshapes may name the batch size)."""
+    if t.shape[0] == 1:
+        return fn(t)
+    return torch.cat([fn(t[i:i + 1]) for i in range(t.shape[0])])
+
+
+def _adjoint(fn: Callable[[torch.Tensor], torch.Tensor], input_shape: torch.Size, r: torch.Tensor) -> torch.Tensor:
+    """Aᵀ r for a parameter-free linear op A = fn, by autograd on a zero probe."""
+    shape = (r.shape[0],) + tuple(input_shape[1:])
+    probe = torch.zeros(shape, dtype=r.dtype, device=r.device, requires_grad=True)
+    with torch.enable_grad():
+        out = _per_sample(fn, probe)
+        return torch.autograd.grad(out, probe, r)[0]
+
+
+class AdjointNode(Node):
+    """A parameter-free linear op (resampling, padding, cropping, reshaping): relevance goes back
+    through its adjoint. Interpolation weights of each output sum to one, so this conserves
+    relevance (it is what Zennit does for layers without a rule)."""
+
+    def __init__(self, inputs, name, fn, input_shape) -> None:
+        super().__init__(inputs, name)
+        self.fn, self.input_shape = fn, input_shape
+
+    def transpose(self, v_in):
+        return _per_sample(self.fn, v_in[0])
+
+    def relevance(self, r):
+        return [_adjoint(self.fn, self.input_shape, r)]
+
+
+class NormNode(Node):
+    """Average pooling: z-rule on a parameter-free linear op, R_in = x ⊙ Aᵀ(R / stab(A x))
+    (Zennit's ``Norm``)."""
+
+    def __init__(self, inputs, name, fn, input_shape) -> None:
+        super().__init__(inputs, name)
+        self.fn, self.input_shape = fn, input_shape
+        self.x = self.inv_d = None
+
+    def prepare(self, values, index, composite):
+        self.x = values[self.inputs[0]]
+        self.inv_d = 1.0 / stabilize(values[index], composite.stabilizer)
+
+    def transpose(self, v_in):
+        return _per_sample(self.fn, self.x * v_in[0]) * self.inv_d
+
+    def relevance(self, r):
+        return [self.x * _adjoint(self.fn, self.input_shape, r * self.inv_d)]
+
+
+class SumNode(Node):
+    """z = Σ_k c_k x_k (+ constant): residual additions. Relevance is split in proportion to each
+    branch's contribution, R_k = c_k x_k R / stab(z) (Zennit's ``Norm`` on its ``Sum`` layer);
+    a constant term absorbs its share, like a bias."""
+
+    def __init__(self, inputs, name, coefficients: tuple[float, ...]) -> None:
+        super().__init__(inputs, name)
+        self.coefficients = coefficients
+        self.terms = self.inv_d = None
+
+    def prepare(self, values, index, composite):
+        self.terms = [c * values[i] for c, i in zip(self.coefficients, self.inputs)]
+        self.inv_d = 1.0 / stabilize(values[index], composite.stabilizer)
+
+    def transpose(self, v_in):
+        return sum(t * v for t, v in zip(self.terms, v_in)) * self.inv_d
+
+    def relevance(self, r):
+        s = r * self.inv_d
+        return [t * s for t in self.terms]
+
+
+class CatNode(Node):
+    """Concatenation (U-Net skips): relevance is split back to the pieces. ``sizes`` has one entry
+    per piece, constants included (their share is dropped); ``pieces`` maps each piece to its
+    position in ``inputs`` or None for a constant."""
+
+    def __init__(self, inputs, name, dim: int, sizes: list[int], pieces: list[int | None], shapes) -> None:
+        super().__init__(inputs, name)
+        self.dim, self.sizes, self.pieces, self.shapes = dim, sizes, pieces, shapes
+
+    def transpose(self, v_in):
+        parts = []
+        for piece, shape in zip(self.pieces, self.shapes):
+            if piece is None:
+                shape = (v_in[0].shape[0],) + tuple(shape[1:])
+                parts.append(v_in[0].new_zeros(shape))
+            else:
+                parts.append(v_in[piece].expand((v_in[0].shape[0],) + tuple(v_in[piece].shape[1:])))
+        return torch.cat(parts, dim=self.dim)
+
+    def relevance(self, r):
+        chunks = torch.split(r, self.sizes, dim=self.dim)
+        return [chunks[k] for k, piece in enumerate(self.pieces) if piece is not None]
+
+
+class MaxPoolNode(Node):
+    """Max pooling routes relevance to the winning input (the gradient; Zennit's default)."""
+
+    def __init__(self, inputs, name, indices: torch.Tensor, input_shape) -> None:
+        super().__init__(inputs, name)
+        self.indices, self.input_shape = indices, input_shape
+
+    def transpose(self, v_in):
+        v = v_in[0]
+        flat = v.flatten(2)
+        idx = self.indices.flatten(2).expand(v.shape[0], -1, -1)
+        return flat.gather(2, idx).view((v.shape[0],) + tuple(self.indices.shape[1:]))
+
+    def relevance(self, r):
+        shape = (r.shape[0],) + tuple(self.input_shape[1:])
+        out = r.new_zeros(shape).flatten(2)
+        idx = self.indices.flatten(2).expand(r.shape[0], -1, -1)
+        return [out.scatter_add_(2, idx, r.flatten(2)).view(shape)]
+
+
+class AffineNode(Node):
+    """A per-channel affine map from a normalization, before canonization decides its fate: folded
+    into the preceding layer, or kept as a layer of kind "affine"."""
+
+    def __init__(self, inputs, name, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__(inputs, name)
+        self.scale, self.shift = scale, shift
+
+
+# --------------------------------------------------------------------------------------------
+# Argument binding for the torch functions we understand
+# --------------------------------------------------------------------------------------------
+def _bind(signature: Callable, args: tuple, kwargs: dict) -> dict:
+    return signature(*args, **kwargs)
+
+
+def _conv_sig(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return locals()
+
+
+def _convt_sig(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    return locals()
+
+
+def _linear_sig(input, weight, bias=None):
+    return locals()
+
+
+def _bn_sig(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    return locals()
+
+
+def _in_sig(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+            momentum=0.1, eps=1e-5):
+    return locals()
+
+
+def _gn_sig(input, num_groups, weight=None, bias=None, eps=1e-5):
+    return locals()
+
+
+def _maxpool_sig(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    return locals()
+
+
+def _binary_sig(input, other, *, alpha=1, out=None):
+    return locals()
+
+
+def _tuple(value, n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+
+
+def _explicit_padding(padding, weight: torch.Tensor, dilation: tuple[int, ...], n: int) -> tuple[int, ...]:
+    if padding == "valid":
+        return (0,) * n
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+        if any(t % 2 for t in total):
+            raise UnsupportedOperationError("padding='same' with an even kernel (asymmetric padding) is not supported")
+        return tuple(t // 2 for t in total)
+    return _tuple(padding, n)
+
+
+_CONV = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+_CONVT = {torch.conv_transpose1d: 1, torch.conv_transpose2d: 2, torch.conv_transpose3d: 3}
+_MAXPOOL = {F.max_pool1d: F.max_pool1d_with_indices, F.max_pool2d: F.max_pool2d_with_indices,
+            F.max_pool3d: F.max_pool3d_with_indices, F.max_pool1d_with_indices: F.max_pool1d_with_indices,
+            F.max_pool2d_with_indices: F.max_pool2d_with_indices,
+            F.max_pool3d_with_indices: F.max_pool3d_with_indices}
+_AVGPOOL = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+            F.adaptive_avg_pool3d}
+_ACTIVATIONS = {F.relu, torch.relu, torch.Tensor.relu, F.relu_, torch.relu_, torch.Tensor.relu_, F.leaky_relu,
+                F.leaky_relu_, torch.prelu, F.prelu, F.elu, F.elu_, F.rrelu}
+_DROPOUT = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
+_IDENTITY = {torch.Tensor.contiguous, torch.Tensor.clone, torch.clone, torch.Tensor.to, torch.Tensor.float,
+             torch.Tensor.double, torch.Tensor.type_as, torch.Tensor.detach, torch.detach}
+_RESHAPE = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.flatten, torch.flatten,
+            torch.Tensor.permute, torch.permute, torch.Tensor.transpose, torch.transpose, torch.Tensor.squeeze,
+            torch.squeeze, torch.Tensor.unsqueeze, torch.unsqueeze, torch.Tensor.__getitem__,
+            torch.Tensor.narrow, torch.narrow, F.pad, F.interpolate, F.upsample, torch.Tensor.movedim}
+_ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
+        torch.Tensor.add_}
+_SUB = {torch.sub, torch.Tensor.sub, torch.Tensor.__sub__, torch.Tensor.__isub__, torch.Tensor.sub_,
+        torch.subtract}
+_MUL = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__imul__,
+        torch.Tensor.mul_, torch.Tensor.div, torch.Tensor.__truediv__, torch.Tensor.__itruediv__,
+        torch.Tensor.div_, torch.div, torch.multiply, torch.divide}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_CREATE = {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty",
+           "new_full", "new_tensor"}
+_HINTS = {"softmax": "explain logits: return them from forward() instead of softmax/sigmoid outputs",
+          "sigmoid": "explain logits: return them from forward() instead of softmax/sigmoid outputs",
+          "log_softmax": "explain logits: return them from forward() instead of log-probabilities"}
+
+
+def _func_name(func: Callable) -> str:
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    return name.replace("_VariableFunctionsClass.", "torch.").replace("TensorBase.", "Tensor.")
+
+
+#: Position of the ``inplace`` argument of functions that take one.
+_INPLACE_ARG = {F.relu: 1, F.leaky_relu: 2, F.elu: 2, F.rrelu: 4, F.dropout: 3, F.dropout1d: 3, F.dropout2d: 3,
+                F.dropout3d: 3, F.alpha_dropout: 3, F.feature_alpha_dropout: 3}
+
+
+def _is_inplace(func: Callable, args: tuple, kwargs: dict) -> bool:
+    if "inplace" in kwargs:
+        return bool(kwargs["inplace"])
+    position = _INPLACE_ARG.get(func)
+    if position is not None:
+        return len(args) > position and bool(args[position])
+    name = getattr(func, "__name__", "")
+    return name.startswith("__i") or (name.endswith("_") and not name.endswith("__"))
+
+
+# --------------------------------------------------------------------------------------------
+# The tracer
+# --------------------------------------------------------------------------------------------
+class _Tracer(TorchFunctionMode):
+    _ids = itertools.count()
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.id = next(self._ids)
+        self.nodes: list[Node] = [InputNode()]
+        self.values: list[Any] = [x]
+        self.consumers: list[int] = [0]
+        self.module_stack: list[str] = []
+        setattr(x, _TAG, (self.id, 0))
+
+    # -- tags --------------------------------------------------------------------------------
+    def index_of(self, t: Any) -> int | None:
+        """Node index of a traced tensor, None for a constant; raises for a tainted tensor."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        tag = getattr(t, _TAG, None)
+        if tag is None or tag[0] != self.id:
+            return None
+        if isinstance(tag[1], str):
+            raise UnsupportedOperationError(tag[1])
+        return tag[1]
+
+    def _is_traced(self, t: Any) -> bool:
+        tag = getattr(t, _TAG, None) if isinstance(t, torch.Tensor) else None
+        return tag is not None and tag[0] == self.id
+
+    def add(self, node: Node, value: torch.Tensor) -> torch.Tensor:
+        for i in node.inputs:
+            self.consumers[i] += 1
+        self.nodes.append(node)
+        self.values.append(value)
+        self.consumers.append(0)
+        setattr(value, _TAG, (self.id, len(self.nodes) - 1))
+        return value
+
+    @property
+    def where(self) -> str:
+        return self.module_stack[-1] if self.module_stack else "forward"
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat = [a for a in itertools.chain(args, kwargs.values())]
+        flat += [t for a in flat if isinstance(a, (list, tuple)) for t in a]
+        if not any(self._is_traced(a) for a in flat):
+            return func(*args, **kwargs)
+        name = _func_name(func)
+        handler = self._handler(func, name)
+        if handler is None:
+            return self._untraced(func, name, args, kwargs)
+        first = args[0] if args and self._is_traced(args[0]) else None
+        inplace = first is not None and _is_inplace(func, args, kwargs)
+        if inplace:
+            # The op overwrites a value the rules may need: keep a copy for the record.
+            index = self.index_of(first)
+            if self.values[index] is first:
+                self.values[index] = first.clone()
+        version = None if first is None else first._version
+        out = handler(func, name, args, kwargs)
+        if first is not None and not inplace and first._version != version:
+            raise UnsupportedOperationError(f"{name} in module '{self.where}' modified its input in place "
+                                            "in a way the tracer does not know")
+        return out
+
+    def _untraced(self, func, name, args, kwargs):
+        out = func(*args, **kwargs)
+        short = name.rsplit(".", 1)[-1]
+        if short in _CREATE:
+            return out  # depends on the shape only: a constant
+        hint = _HINTS.get(short.strip("_"), "")
+        reason = (f"operation {name} in module '{self.where}' is not supported by the LRP engine"
+                  + (f" ({hint})" if hint else "")
+                  + "; supported: convolutions (incl. transposed), linear, batch/instance/group norm, ReLU/"
+                    "LeakyReLU/PReLU/ELU, dropout, max/avg pooling, interpolate, pad, cat, +/-, scaling by "
+                    "constants, reshapes")
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                setattr(t, _TAG, (self.id, reason))
+        return out
+
+    def _handler(self, func, name):
+        if func in _CONV:
+            return self._conv
+        if func in _CONVT:
+            return self._conv_transpose
+        if func is F.linear:
+            return self._linear
+        if func in (F.batch_norm, F.instance_norm, F.group_norm):
+            return self._norm
+        if func in _ACTIVATIONS or func in _DROPOUT or func in _IDENTITY:
+            return self._pass
+        if func in _MAXPOOL:
+            return self._max_pool
+        if func in _AVGPOOL:
+            return self._avg_pool
+        if func in _RESHAPE:
+            return self._reshape
+        if func in _ADD or func in _SUB:
+            return self._add
+        if func in _MUL:
+            return self._scale
+        if func in _CAT:
+            return self._cat
+        return None
+
+    # -- handlers ----------------------------------------------------------------------------
+    def _constant(self, t, what: str):
+        if self._is_traced(t):
+            raise UnsupportedOperationError(f"{what} in module '{self.where}' depends on the input; "
+                                            "only constant weights are supported")
+        return None if t is None else t.detach()
+
+    def _conv(self, func, name, args, kwargs):
+        a = _bind(_conv_sig, args, kwargs)
+        n = _CONV[func]
+        weight, bias = self._constant(a["weight"], "a convolution weight"), self._constant(a["bias"], "a bias")
+        dilation = _tuple(a["dilation"], n)
+        layer = LinearLayer("conv", weight, bias, _tuple(a["stride"], n),
+                            _explicit_padding(a["padding"], weight, dilation, n), dilation, False, (0,) * n,
+                            a["groups"])
+        out = func(*args, **kwargs)
+        return self.add(LayerNode((self.index_of(a["input"]),), f"{self.where}: {name}", layer, "conv"), out)
+
+    def _conv_transpose(self, func, name, args, kwargs):
+        a = _bind(_convt_sig, args, kwargs)
+        n = _CONVT[func]
+        weight, bias = self._constant(a["weight"], "a convolution weight"), self._constant(a["bias"], "a bias")
+        layer = LinearLayer("conv", weight, bias, _tuple(a["stride"], n), _tuple(a["padding"], n),
+                            _tuple(a["dilation"], n), True, _tuple(a["output_padding"], n), a["groups"])
+        out = func(*args, **kwargs)
+        return self.add(LayerNode((self.index_of(a["input"]),), f"{self.where}: {name}", layer, "conv"), out)
+
+    def _linear(self, func, name, args, kwargs):
+        a = _bind(_linear_sig, args, kwargs)
+        layer = LinearLayer("dense", self._constant(a["weight"], "a linear weight"),
+                            self._constant(a["bias"], "a bias"))
+        out = func(*args, **kwargs)
+        return self.add(LayerNode((self.index_of(a["input"]),), f"{self.where}: {name}", layer, "dense"), out)
+
+    def _norm(self, func, name, args, kwargs):
+        """Normalizations become a per-channel affine map with this forward pass's statistics."""
+        x = args[0] if args else kwargs["input"]
+        if func is F.batch_norm:
+            a = _bind(_bn_sig, args, kwargs)
+            if a["training"] and a["running_mean"] is not None:
+                raise UnsupportedOperationError(f"batch norm in module '{self.where}' runs in training mode; "
+                                                "call model.eval() first")
+            if a["training"]:  # no running statistics: this input's statistics, frozen
+                dims = (0,) + tuple(range(2, x.dim()))
+                mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+            else:
+                mean, var = a["running_mean"], a["running_var"]
+            channels = x.shape[1]
+        elif func is F.instance_norm:
+            a = _bind(_in_sig, args, kwargs)
+            if x.shape[0] != 1:
+                raise UnsupportedOperationError("instance norm is traced for batch size 1 only")
+            if a["use_input_stats"]:
+                dims = tuple(range(2, x.dim()))
+                mean, var = x.mean(dim=dims).flatten(), x.var(dim=dims, unbiased=False).flatten()
+            else:
+                mean, var = a["running_mean"], a["running_var"]
+            channels = x.shape[1]
+        else:
+            a = _bind(_gn_sig, args, kwargs)
+            groups, channels = a["num_groups"], x.shape[1]
+            grouped = x.reshape(x.shape[0], groups, -1)
+            mean = grouped.mean(dim=2).flatten().repeat_interleave(channels // groups)
+            var = grouped.var(dim=2, unbiased=False).flatten().repeat_interleave(channels // groups)
+        weight = a["weight"] if a["weight"] is not None else torch.ones(channels, dtype=x.dtype, device=x.device)
+        bias = a["bias"] if a["bias"] is not None else torch.zeros(channels, dtype=x.dtype, device=x.device)
+        scale = self._constant(weight, "a norm weight") / torch.sqrt(var.detach() + a["eps"])
+        shift = self._constant(bias, "a norm bias") - mean.detach() * scale
+        out = func(*args, **kwargs)
+        index = self.index_of(x)
+        producer = self.nodes[index]
+        if isinstance(producer, LayerNode) and self.consumers[index] == 0 and producer.kind != "affine":
+            # Canonize: fold the affine map into the layer before it. The raw layer output must not
+            # be used elsewhere afterwards; mark it so that such a use raises.
+            producer.layer = producer.layer.scaled(scale, shift)
+            producer.name += f" + {name}"
+            setattr(x, _TAG, (self.id, f"the output of '{producer.name}' is used both by a normalization "
+                                       "and elsewhere; folding is not possible"))
+            self.values[index] = out
+            setattr(out, _TAG, (self.id, index))
+            return out
+        layer = LinearLayer("channel", scale, shift)
+        return self.add(LayerNode((index,), f"{self.where}: {name}", layer, "affine"), out)
+
+    def _pass(self, func, name, args, kwargs):
+        if func in _DROPOUT and (kwargs.get("training", args[2] if len(args) > 2 else True)):
+            raise UnsupportedOperationError(f"dropout in module '{self.where}' is active; call model.eval() first")
+        x = args[0] if args else kwargs["input"]
+        if func in (torch.prelu, F.prelu):
+            self._constant(args[1] if len(args) > 1 else kwargs["weight"], "a PReLU weight")
+        out = func(*args, **kwargs)
+        return self.add(PassNode((self.index_of(x),), f"{self.where}: {name}"), out)
+
+    def _max_pool(self, func, name, args, kwargs):
+        a = _bind(_maxpool_sig, args, kwargs)
+        want_indices = a.pop("return_indices") or func in (F.max_pool1d_with_indices, F.max_pool2d_with_indices,
+                                                             F.max_pool3d_with_indices)
+        x = a.pop("input")
+        out, indices = _MAXPOOL[func](x, **a)
+        node = MaxPoolNode((self.index_of(x),), f"{self.where}: {name}", indices, x.shape)
+        out = self.add(node, out)
+        if want_indices:
+            indices = indices.clone()
+            setattr(indices, _TAG, (self.id, f"max-pool indices used in module '{self.where}' (unpooling) "
+                                             "are not supported"))
+            return out, indices
+        return out
+
+    def _avg_pool(self, func, name, args, kwargs):
+        x, rest = args[0], args[1:]
+        out = func(*args, **kwargs)
+        fn = lambda t: func(t, *rest, **kwargs)  # noqa: E731
+        return self.add(NormNode((self.index_of(x),), f"{self.where}: {name}", fn, x.shape), out)
+
+    def _reshape(self, func, name, args, kwargs):
+        x, rest = args[0], args[1:]
+        if any(self._is_traced(a) for a in itertools.chain(rest, kwargs.values())):
+            raise UnsupportedOperationError(f"{name} in module '{self.where}' with input-dependent arguments")
+        if func is F.pad:
+            mode = kwargs.get("mode", rest[1] if len(rest) > 1 else "constant")
+            pad = kwargs.get("pad", rest[0] if rest else None)
+            fn = lambda t: F.pad(t, pad, mode=mode)  # noqa: E731  (a constant fill is an offset, not linear)
+        else:
+            fn = lambda t: func(t, *rest, **kwargs)  # noqa: E731
+        out = func(*args, **kwargs)
+        return self.add(AdjointNode((self.index_of(x),), f"{self.where}: {name}", fn, x.shape), out)
+
+    def _add(self, func, name, args, kwargs):
+        a = _bind(_binary_sig, args, kwargs)
+        first, second = a["input"], a["other"]
+        sign = -1.0 if func in _SUB else 1.0
+        coefficients = [(first, 1.0), (second, sign * a["alpha"])]
+        traced = [(self.index_of(t), c) for t, c in coefficients if self._is_traced(t)]
+        out = func(*args, **kwargs)
+        node = SumNode(tuple(i for i, _ in traced), f"{self.where}: {name}", tuple(c for _, c in traced))
+        return self.add(node, out)
+
+    def _scale(self, func, name, args, kwargs):
+        operands = [a for a in args[:2]] + [kwargs[k] for k in ("other",) if k in kwargs]
+        traced = [t for t in operands if self._is_traced(t)]
+        divides = "div" in name
+        if len(traced) != 1 or (divides and traced[0] is not operands[0]):
+            raise UnsupportedOperationError(f"{name} of two input-dependent tensors in module '{self.where}' "
+                                            "(e.g. an attention gate) is not supported")
+        out = func(*args, **kwargs)
+        return self.add(PassNode((self.index_of(traced[0]),), f"{self.where}: {name}"), out)
+
+    def _cat(self, func, name, args, kwargs):
+        tensors = args[0] if args else kwargs["tensors"]
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        dim = dim % tensors[0].dim()
+        if dim == 0:
+            raise UnsupportedOperationError(f"concatenation along the batch dimension in module '{self.where}'")
+        inputs, pieces = [], []
+        for t in tensors:
+            if self._is_traced(t):
+                pieces.append(len(inputs))
+                inputs.append(self.index_of(t))
+            else:
+                pieces.append(None)
+        out = func(*args, **kwargs)
+        node = CatNode(tuple(inputs), f"{self.where}: {name}", dim, [t.shape[dim] for t in tensors], pieces,
+                       [t.shape for t in tensors])
+        return self.add(node, out)
+
+
+# --------------------------------------------------------------------------------------------
+# The graph
+# --------------------------------------------------------------------------------------------
+class Graph:
+    """A traced forward pass: nodes in execution order, node 0 the input, ``output`` the logits."""
+
+    def __init__(self, nodes: list[Node], values: list, output: int) -> None:
+        self.nodes, self.output = nodes, output
+        self.logits: torch.Tensor = values[output]
+        self._values = values
+        self.input_shape = values[0].shape
+        live = {output}
+        for index in range(output, -1, -1):
+            if index in live:
+                live.update(nodes[index].inputs)
+        if 0 not in live:
+            raise UnsupportedOperationError("the model's output does not depend on its input")
+        self.live = sorted(live)
+        self.composite: Composite | None = None
+
+    @property
+    def layers(self) -> list[LayerNode]:
+        return [self.nodes[i] for i in self.live if isinstance(self.nodes[i], LayerNode)]
+
+    def prepare(self, composite: Composite) -> "Graph":
+        """Let every node keep what its rule needs, then drop the forward values."""
+        if self._values is None:
+            raise RuntimeError("this graph was already prepared; trace the model again for another composite")
+        self.composite = composite
+        for index in self.live[1:]:
+            self.nodes[index].prepare(self._values, index, composite)
+        self._values = None
+        return self
+
+    def _consumers(self) -> dict[int, int]:
+        counts = {i: 0 for i in self.live}
+        for i in self.live:
+            for j in self.nodes[i].inputs:
+                counts[j] += 1
+        return counts
+
+    def transpose(self, v_input: torch.Tensor) -> torch.Tensor:
+        """v_out = Lᵀ-direction pass: given v at the input (B, C, ...) return v at the output
+        (B, K, ...). With v_input = 1 this is the conserved fraction Lᵀ1 of every output."""
+        remaining = self._consumers()
+        v = {0: v_input}
+        for index in self.live[1:]:
+            node = self.nodes[index]
+            v[index] = node.transpose([v[i] for i in node.inputs])
+            for i in node.inputs:
+                remaining[i] -= 1
+                if remaining[i] == 0 and i != self.output:
+                    del v[i]
+        return v[self.output]
+
+    def relevance(self, r_output: torch.Tensor) -> torch.Tensor:
+        """The LRP backward: relevance at the output (B, K, ...) → relevance at the input (B, C, ...)."""
+        r = {self.output: r_output}
+        for index in reversed(self.live[1:]):
+            node = self.nodes[index]
+            if index not in r:
+                continue
+            for i, r_in in zip(node.inputs, node.relevance(r.pop(index))):
+                r[i] = r_in if i not in r else r[i] + r_in
+        if 0 not in r:
+            return torch.zeros((r_output.shape[0],) + tuple(self.input_shape[1:]),
+                               dtype=r_output.dtype, device=r_output.device)
+        return r[0]
+
+
+def trace(model: nn.Module, x: torch.Tensor) -> Graph:
+    """Run ``model(x)`` once and record it as a `Graph` (no gradients, model unchanged).
+
+    Shapes: x (1, C, *spatial). The output must be a tensor of logits (1, K, *spatial) or a
+    tuple/list whose first element is (deep supervision: the main head is explained).
+    """
+    x = x.detach().clone()
+    tracer = _Tracer(x)
+    hooks = []
+    for module_name, module in model.named_modules():
+        label = module_name or type(module).__name__
+        hooks.append(module.register_forward_pre_hook(
+            lambda _m, _a, label=label: tracer.module_stack.append(label)))
+        hooks.append(module.register_forward_hook(lambda _m, _a, _o: tracer.module_stack.pop() and None))
+    try:
+        with torch.no_grad(), tracer:
+            out = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if isinstance(out, dict):
+        raise UnsupportedOperationError("the model returns a dict; wrap it so forward() returns the logits tensor")
+    index = tracer.index_of(out)
+    if index is None:
+        raise UnsupportedOperationError("the model's output is not computed from its input by traced operations")
+    return Graph(tracer.nodes, tracer.values, index)

@@ -1,0 +1,263 @@
+"""LRP rules for linear layers, one small class per rule (names and parameters as in Zennit).
+
+Every rule has the form  R_in = Σ_k u_k ⊙ A_kᵀ (R_out ⊙ m_k)  where u_k depends on the layer input
+(x, x⁺, x⁻, a box bound, 1), A_k is the layer with modified weights, and m_k = mask_k / d_k holds the
+stabilized denominators of this forward pass. None of them depends on R, so each rule is linear in
+the relevance, and its transpose carries v = Lᵀ1 forward (../docs: lrp-math, section 2):
+
+    v_out = Σ_k m_k ⊙ A_k (u_k ⊙ v_in)
+
+A rule therefore implements three things:
+- ``prepare(layer, x, z)``: after the forward pass (x: layer input, z = A x + b), keep what the
+  backward needs, in as few tensors as possible;
+- ``relevance(layer, state, r)``: map output relevance r to input relevance;
+- ``transpose(layer, state, v)``: the transpose of ``relevance``, used for v = Lᵀ1.
+
+Batch dimensions: x and z have batch 1; r and v may have any batch B (broadcast against x).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .linear import LinearLayer
+
+
+def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """z + ε·sign(z), with sign(0) = +1 (Zennit's stabilizer): never zero, same sign as z."""
+    return z + epsilon * ((z == 0).to(z.dtype) + z.sign())
+
+
+def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clamp(max=0)
+
+
+class Rule:
+    """Base class. ``input_aware`` is False for rules that ignore the layer input (flat, w²):
+    at the first layer they spread relevance uniformly over the input sequences."""
+
+    input_aware = True
+
+    def prepare(self, layer: LinearLayer, x: torch.Tensor, z: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def relevance(self, layer: LinearLayer, state: Any, r: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def transpose(self, layer: LinearLayer, state: Any, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, torch.Tensor))
+        return f"{type(self).__name__}({params})"
+
+
+class Epsilon(Rule):
+    """LRP-ε: R_in = x ⊙ Wᵀ(R / (z + ε sign z)). ``epsilon=0`` is LRP-0 (the z-rule)."""
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = epsilon
+
+    def prepare(self, layer, x, z):
+        return x, 1.0 / stabilize(z, self.epsilon)
+
+    def relevance(self, layer, state, r):
+        x, inv_d = state
+        return x * layer.adjoint(r * inv_d, layer.weight, x.shape)
+
+    def transpose(self, layer, state, v):
+        x, inv_d = state
+        return layer.apply(x * v, layer.weight) * inv_d
+
+
+class ZPlus(Rule):
+    """LRP-z⁺ (α1β0) in Zennit's form for signed inputs: only the positive contributions
+    x⁺W⁺ + x⁻W⁻ (+ b⁺) count."""
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = stabilizer
+
+    def prepare(self, layer, x, z):
+        w_pos, w_neg = _pos(layer.weight), _neg(layer.weight)
+        d = layer.apply(_pos(x), w_pos, _pos(layer.bias)) + layer.apply(_neg(x), w_neg)
+        return x, 1.0 / stabilize(d, self.stabilizer)
+
+    def relevance(self, layer, state, r):
+        x, inv_d = state
+        s = r * inv_d
+        return (_pos(x) * layer.adjoint(s, _pos(layer.weight), x.shape)
+                + _neg(x) * layer.adjoint(s, _neg(layer.weight), x.shape))
+
+    def transpose(self, layer, state, v):
+        x, inv_d = state
+        return (layer.apply(_pos(x) * v, _pos(layer.weight))
+                + layer.apply(_neg(x) * v, _neg(layer.weight))) * inv_d
+
+
+class AlphaBeta(Rule):
+    """LRP-αβ (α − β = 1): positive contributions weighted by α, negative ones by β."""
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
+        if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-12:
+            raise ValueError(f"AlphaBeta needs alpha, beta >= 0 and alpha - beta = 1, got {alpha}, {beta}")
+        self.alpha, self.beta, self.stabilizer = alpha, beta, stabilizer
+
+    def prepare(self, layer, x, z):
+        w_pos, w_neg = _pos(layer.weight), _neg(layer.weight)
+        x_pos, x_neg = _pos(x), _neg(x)
+        d_pos = layer.apply(x_pos, w_pos, _pos(layer.bias)) + layer.apply(x_neg, w_neg)
+        d_neg = layer.apply(x_pos, w_neg, _neg(layer.bias)) + layer.apply(x_neg, w_pos)
+        return x, 1.0 / stabilize(d_pos, self.stabilizer), 1.0 / stabilize(d_neg, self.stabilizer)
+
+    def relevance(self, layer, state, r):
+        x, inv_pos, inv_neg = state
+        w_pos, w_neg = _pos(layer.weight), _neg(layer.weight)
+        s_pos, s_neg = r * inv_pos, r * inv_neg
+        adj = layer.adjoint
+        return (self.alpha * (_pos(x) * adj(s_pos, w_pos, x.shape) + _neg(x) * adj(s_pos, w_neg, x.shape))
+                - self.beta * (_pos(x) * adj(s_neg, w_neg, x.shape) + _neg(x) * adj(s_neg, w_pos, x.shape)))
+
+    def transpose(self, layer, state, v):
+        x, inv_pos, inv_neg = state
+        w_pos, w_neg = _pos(layer.weight), _neg(layer.weight)
+        xv_pos, xv_neg = _pos(x) * v, _neg(x) * v
+        return (self.alpha * (layer.apply(xv_pos, w_pos) + layer.apply(xv_neg, w_neg)) * inv_pos
+                - self.beta * (layer.apply(xv_pos, w_neg) + layer.apply(xv_neg, w_pos)) * inv_neg)
+
+
+class Gamma(Rule):
+    """Generalized LRP-γ (Zennit's form, valid for signed inputs): the weights that agree with the
+    sign of the output are boosted by γ. For outputs z > 0 the contributions x⁺(W + γW⁺) and
+    x⁻(W + γW⁻) are used, for z < 0 x⁺(W + γW⁻) and x⁻(W + γW⁺)."""
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
+        self.gamma, self.stabilizer = gamma, stabilizer
+
+    def _weights(self, layer):
+        w, b = layer.weight, layer.bias
+        boost_pos = w + self.gamma * _pos(w)
+        boost_neg = w + self.gamma * _neg(w)
+        bias_pos = None if b is None else b + self.gamma * _pos(b)
+        bias_neg = None if b is None else b + self.gamma * _neg(b)
+        return boost_pos, boost_neg, bias_pos, bias_neg
+
+    def prepare(self, layer, x, z):
+        boost_pos, boost_neg, bias_pos, bias_neg = self._weights(layer)
+        x_pos, x_neg = _pos(x), _neg(x)
+        d_pos = layer.apply(x_pos, boost_pos, bias_pos) + layer.apply(x_neg, boost_neg)
+        d_neg = layer.apply(x_pos, boost_neg, bias_neg) + layer.apply(x_neg, boost_pos)
+        positive = z > 0
+        # The masks are disjoint, so one tensor holds both inverse denominators.
+        inv_d = torch.where(positive, 1.0 / stabilize(d_pos, self.stabilizer),
+                            (z < 0).to(z.dtype) / stabilize(d_neg, self.stabilizer))
+        return x, inv_d, positive
+
+    def relevance(self, layer, state, r):
+        x, inv_d, positive = state
+        boost_pos, boost_neg, _, _ = self._weights(layer)
+        s = r * inv_d
+        s_pos, s_neg = s * positive, s * ~positive
+        adj = layer.adjoint
+        return (_pos(x) * (adj(s_pos, boost_pos, x.shape) + adj(s_neg, boost_neg, x.shape))
+                + _neg(x) * (adj(s_pos, boost_neg, x.shape) + adj(s_neg, boost_pos, x.shape)))
+
+    def transpose(self, layer, state, v):
+        x, inv_d, positive = state
+        boost_pos, boost_neg, _, _ = self._weights(layer)
+        xv_pos, xv_neg = _pos(x) * v, _neg(x) * v
+        out_pos = layer.apply(xv_pos, boost_pos) + layer.apply(xv_neg, boost_neg)
+        out_neg = layer.apply(xv_pos, boost_neg) + layer.apply(xv_neg, boost_pos)
+        return torch.where(positive, out_pos, out_neg) * inv_d
+
+
+class ZBox(Rule):
+    """LRP-z^B for a bounded input (the first layer): each input lies in [low, high].
+
+    ``low``/``high``: floats or per-channel tensors of shape (C,) (one bound per input sequence).
+    """
+
+    def __init__(self, low: float | torch.Tensor, high: float | torch.Tensor, stabilizer: float = 1e-6) -> None:
+        self.low, self.high, self.stabilizer = low, high, stabilizer
+
+    def _bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def expand(bound):
+            bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+            if bound.dim() == 1:  # one bound per channel
+                bound = bound.view((1, -1) + (1,) * (x.dim() - 2))
+            return bound.expand_as(x)
+        return expand(self.low), expand(self.high)
+
+    def prepare(self, layer, x, z):
+        low, high = self._bounds(x)
+        w_pos, w_neg = _pos(layer.weight), _neg(layer.weight)
+        d = (layer.apply(x, layer.weight, layer.bias) - layer.apply(low, w_pos, _pos(layer.bias))
+             - layer.apply(high, w_neg, _neg(layer.bias)))
+        return x, 1.0 / stabilize(d, self.stabilizer)
+
+    def relevance(self, layer, state, r):
+        x, inv_d = state
+        low, high = self._bounds(x)
+        s = r * inv_d
+        return (x * layer.adjoint(s, layer.weight, x.shape)
+                - low * layer.adjoint(s, _pos(layer.weight), x.shape)
+                - high * layer.adjoint(s, _neg(layer.weight), x.shape))
+
+    def transpose(self, layer, state, v):
+        x, inv_d = state
+        low, high = self._bounds(x)
+        return (layer.apply(x * v, layer.weight) - layer.apply(low * v, _pos(layer.weight))
+                - layer.apply(high * v, _neg(layer.weight))) * inv_d
+
+    def __repr__(self) -> str:
+        return f"ZBox(low={self.low!r}, high={self.high!r}, stabilizer={self.stabilizer})"
+
+
+class Flat(Rule):
+    """LRP-flat: relevance spread uniformly over the receptive field (all weights 1, no bias).
+    Blind to the input: at the first layer it spreads relevance equally over the sequences."""
+
+    input_aware = False
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = stabilizer
+
+    def prepare(self, layer, x, z):
+        ones = torch.ones_like(layer.weight)
+        return ones, x.shape, 1.0 / stabilize(layer.apply(torch.ones_like(x), ones), self.stabilizer)
+
+    def relevance(self, layer, state, r):
+        ones, shape, inv_d = state
+        return layer.adjoint(r * inv_d, ones, shape)
+
+    def transpose(self, layer, state, v):
+        ones, shape, inv_d = state
+        return layer.apply(v.expand((v.shape[0],) + tuple(shape[1:])), ones) * inv_d
+
+
+class WSquare(Rule):
+    """LRP-w²: relevance spread by squared weights, ignoring the input values (blind to sequences
+    at the first layer, like flat). Zennit squares the bias too; so do we."""
+
+    input_aware = False
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = stabilizer
+
+    def prepare(self, layer, x, z):
+        squared = layer.weight ** 2
+        bias = None if layer.bias is None else layer.bias ** 2
+        d = layer.apply(torch.ones_like(x), squared, bias)
+        return squared, x.shape, 1.0 / stabilize(d, self.stabilizer)
+
+    def relevance(self, layer, state, r):
+        squared, shape, inv_d = state
+        return layer.adjoint(r * inv_d, squared, shape)
+
+    def transpose(self, layer, state, v):
+        squared, shape, inv_d = state
+        return layer.apply(v.expand((v.shape[0],) + tuple(shape[1:])), squared) * inv_d
