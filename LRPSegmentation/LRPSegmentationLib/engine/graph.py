@@ -97,8 +97,8 @@ class LayerNode(Node):
 
 
 class PassNode(Node):
-    """Element-wise activations, dropout in eval, scaling by a constant, copies: relevance passes
-    unchanged (Zennit's ``Pass``; for y = a·x the z-rule gives the same)."""
+    """Element-wise activations, dropout in eval, copies: relevance passes unchanged (Zennit's
+    ``Pass``)."""
 
     def transpose(self, v_in):
         return v_in[0]
@@ -140,8 +140,8 @@ class AdjointNode(Node):
 
 
 class NormNode(Node):
-    """Average pooling: z-rule on a parameter-free linear op, R_in = x ⊙ Aᵀ(R / stab(A x))
-    (Zennit's ``Norm``)."""
+    """Average pooling and scaling by constants: the z-rule on a parameter-free linear op,
+    R_in = x ⊙ Aᵀ(R / stab(A x)) (Zennit's ``Norm``)."""
 
     def __init__(self, inputs, name, fn, input_shape) -> None:
         super().__init__(inputs, name)
@@ -396,6 +396,8 @@ class _Tracer(TorchFunctionMode):
         handler = self._handler(func, name)
         if handler is None:
             return self._untraced(func, name, args, kwargs)
+        for a in flat:
+            self.index_of(a)  # raises if an operand came from an unsupported operation
         first = args[0] if args and self._is_traced(args[0]) else None
         inplace = first is not None and _is_inplace(func, args, kwargs)
         if inplace:
@@ -589,14 +591,21 @@ class _Tracer(TorchFunctionMode):
         return self.add(node, out)
 
     def _scale(self, func, name, args, kwargs):
-        operands = [a for a in args[:2]] + [kwargs[k] for k in ("other",) if k in kwargs]
+        """Multiplication or division by a constant: the z-rule on a diagonal linear map."""
+        operands = list(args[:2]) + [kwargs[k] for k in ("other",) if k in kwargs]
         traced = [t for t in operands if self._is_traced(t)]
         divides = "div" in name
         if len(traced) != 1 or (divides and traced[0] is not operands[0]):
             raise UnsupportedOperationError(f"{name} of two input-dependent tensors in module '{self.where}' "
                                             "(e.g. an attention gate) is not supported")
+        x = traced[0]
+        constant = operands[1] if operands[0] is x else operands[0]
+        if kwargs.get("rounding_mode") is not None:
+            raise UnsupportedOperationError(f"{name} with rounding in module '{self.where}' is not linear")
         out = func(*args, **kwargs)
-        return self.add(PassNode((self.index_of(traced[0]),), f"{self.where}: {name}"), out)
+        op = torch.div if divides else torch.mul
+        fn = lambda t: op(t, constant)  # noqa: E731
+        return self.add(NormNode((self.index_of(x),), f"{self.where}: {name}", fn, x.shape), out)
 
     def _cat(self, func, name, args, kwargs):
         tensors = args[0] if args else kwargs["tensors"]
