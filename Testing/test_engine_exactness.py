@@ -4,6 +4,7 @@ import torch
 
 from LRPSegmentationLib.engine import (COMPOSITES, Graph, Target, explain_region, explain_voxel, region_shares,
                                        sequence_composition)
+from LRPSegmentationLib.models import UNet3D
 from lrp_models import ResidualNormNet, SliceDenseNet, per_voxel_reference, prepare, seed_unet
 
 
@@ -121,14 +122,25 @@ def test_model_and_input_are_left_unchanged(unet_case):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu():
-    model = seed_unet(base=8).float()
+    # Without biases every voxel keeps nearly all of its score (a random net's biases absorb most
+    # of it, and 1/|ΣM_a| then amplifies any rounding difference), so this compares the arithmetic.
+    torch.manual_seed(0)
+    model = UNet3D(3, 2, 8, 2).eval()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+            torch.nn.init.zeros_(module.bias)
     x = torch.randn(1, 3, 16, 16, 16, generator=torch.Generator().manual_seed(4))
     region = torch.zeros(16, 16, 16, dtype=torch.bool)
     region[4:10, 5:9, 6:12] = True
     for composite in ("epsilon", "epsilon_gamma_box"):
         cpu = explain_region(model, x, region, 1, composite, device="cpu")
         gpu = explain_region(model, x, region, 1, composite, device="cuda")
+        assert (gpu.n_used, gpu.n_excluded) == (cpu.n_used, cpu.n_excluded)
         assert relative_error(gpu.relevance, cpu.relevance) <= 1e-4
         comp_cpu = sequence_composition(model, x, 1, composite, device="cpu")
         comp_gpu = sequence_composition(model, x, 1, composite, device="cuda")
-        assert float((comp_gpu - comp_cpu).abs().max()) <= 1e-4
+        # Voxels whose target logit is ≈ 0 keep only the ε-stabilizer's share of it: their shares
+        # are ill-conditioned in float32 on any device (CPU float32 vs float64 differs there too).
+        with torch.no_grad():
+            conditioned = model(x)[0, 1].abs() > 1e-3
+        assert float((comp_gpu - comp_cpu)[:, conditioned].abs().max()) <= 1e-4

@@ -48,6 +48,9 @@ class Node:
     operands (node 0 is the model input). Constants (weights, biases, untraced tensors) live in the
     node. Subclasses define the LRP semantics."""
 
+    #: Whether `prepare` reads the forward values of this node and its inputs.
+    reads_values = False
+
     def __init__(self, inputs: tuple[int, ...], name: str) -> None:
         self.inputs = inputs
         self.name = name
@@ -72,6 +75,8 @@ class InputNode(Node):
 
 class LayerNode(Node):
     """A convolution, dense layer or per-channel affine map; its rule comes from the composite."""
+
+    reads_values = True
 
     def __init__(self, inputs, name, layer: LinearLayer, kind: str) -> None:
         super().__init__(inputs, name)
@@ -143,6 +148,8 @@ class NormNode(Node):
     """Average pooling and scaling by constants: the z-rule on a parameter-free linear op,
     R_in = x ⊙ Aᵀ(R / stab(A x)) (Zennit's ``Norm``)."""
 
+    reads_values = True
+
     def __init__(self, inputs, name, fn, input_shape) -> None:
         super().__init__(inputs, name)
         self.fn, self.input_shape = fn, input_shape
@@ -163,6 +170,8 @@ class SumNode(Node):
     """z = Σ_k c_k x_k (+ constant): residual additions. Relevance is split in proportion to each
     branch's contribution, R_k = c_k x_k R / stab(z) (Zennit's ``Norm`` on its ``Sum`` layer);
     a constant term absorbs its share, like a bias."""
+
+    reads_values = True
 
     def __init__(self, inputs, name, coefficients: tuple[float, ...]) -> None:
         super().__init__(inputs, name)
@@ -655,8 +664,20 @@ class Graph:
         if self._values is None:
             raise RuntimeError("this graph was already prepared; trace the model again for another composite")
         self.composite = composite
+        values = self._values
+        # Free each forward value right after the last node that reads it: the rules keep only
+        # their own state (e.g. 1/denominator), so the peak stays near the forward pass's.
+        last_read = {}
         for index in self.live[1:]:
-            self.nodes[index].prepare(self._values, index, composite)
+            if self.nodes[index].reads_values:
+                for i in (*self.nodes[index].inputs, index):
+                    last_read[i] = index
+        for index in self.live[1:]:
+            node = self.nodes[index]
+            node.prepare(values, index, composite)
+            for i in (*node.inputs, index):
+                if last_read.get(i, index) <= index:
+                    values[i] = None
         self._values = None
         return self
 

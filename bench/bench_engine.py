@@ -1,0 +1,194 @@
+"""Benchmark of the engine against the plain gradient and the per-voxel Zennit loop.
+
+Prints, side by side, time and peak memory of:
+  gradient            plain input gradient of the region score (autograd; the floor to compare with)
+  lrp_pass            one LRP pass from one voxel (explain_voxel: trace + rules + backward)
+  explain_region      exact region-normalized M_A (forward + transposed pass + LRP pass)
+  composition         sequence_composition for all C sequences
+  zennit_voxel        one Zennit LRP pass (the per-voxel loop's unit), ×|A| extrapolated
+
+Memory: on CUDA, peak allocated during the call minus what was allocated before (model, input);
+on CPU, each measurement runs in a fresh subprocess and reports peak RSS minus RSS before the call.
+
+Usage:
+  python bench/bench_engine.py                         # CPU: 6×64×64×32, 22.6 M-parameter U-Net
+  python bench/bench_engine.py --device cuda --shape 6 128 128 64 --region-voxels 10059
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LRPSegmentation"))
+from LRPSegmentationLib.engine import explain_region, explain_voxel, sequence_composition  # noqa: E402
+from LRPSegmentationLib.models import UNet3D  # noqa: E402
+
+MEASUREMENTS = ("gradient", "lrp_pass", "explain_region", "composition", "zennit_voxel")
+
+
+def make_case(args):
+    torch.manual_seed(0)
+    model = UNet3D(args.shape[0], 2, args.base, args.depth).eval()
+    for module in model.modules():  # non-trivial batch-norm statistics, as in a trained model
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    device = torch.device(args.device)
+    model.to(device)
+    x = torch.randn((1,) + tuple(args.shape), generator=torch.Generator().manual_seed(1)).to(device)
+    d, h, w = args.shape[1:]
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n, device=device) for n in (d, h, w)), indexing="ij"))
+    centre = torch.tensor([d / 2, h / 2, w / 2], device=device).view(3, 1, 1, 1)
+    distance = ((grid - centre) ** 2).sum(0).flatten()
+    region = torch.zeros(d * h * w, dtype=torch.bool, device=device)
+    region[distance.argsort()[: args.region_voxels]] = True  # a ball of exactly region_voxels voxels
+    return model, x, region.view(d, h, w)
+
+
+def zennit_pass(model, x, voxel, composite):
+    x = x.clone().requires_grad_(True)
+    with composite.context(model) as modified:
+        out = modified(x)
+        r = torch.zeros_like(out)
+        r[0, 1, voxel[0], voxel[1], voxel[2]] = out[0, 1, voxel[0], voxel[1], voxel[2]]
+        (relevance,) = torch.autograd.grad(out, x, r)
+    return relevance
+
+
+def zennit_composite(name, x):
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonGammaBox, SpecialFirstLayerMapComposite, layer_map_base
+    from zennit.rules import Epsilon, ZBox
+    from zennit.types import Convolution
+    dims = (0, 2, 3, 4)
+    low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    if name == "epsilon_gamma_box":
+        return EpsilonGammaBox(low=low, high=high, canonizers=[SequentialMergeBatchNorm()])
+    return SpecialFirstLayerMapComposite(layer_map=layer_map_base() + [(Convolution, Epsilon())],
+                                         first_map=[(Convolution, ZBox(low, high))],
+                                         canonizers=[SequentialMergeBatchNorm()])
+
+
+def run_once(name, model, x, region, args):
+    voxel = region.nonzero()[0].tolist()
+    if name == "gradient":
+        xg = x.clone().requires_grad_(True)
+        logits = model(xg)
+        (grad,) = torch.autograd.grad(logits[0, 1][region].sum(), xg)
+        return grad
+    if name == "lrp_pass":
+        return explain_voxel(model, x, voxel, 1, args.composite, device=args.device)
+    if name == "explain_region":
+        return explain_region(model, x, region, 1, args.composite, device=args.device).relevance
+    if name == "composition":
+        return sequence_composition(model, x, 1, args.composite, device=args.device)
+    if name == "zennit_voxel":
+        return zennit_pass(model, x, voxel, zennit_composite(args.composite, x))
+    raise ValueError(name)
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(name, args):
+    """Time (best of ``repeat`` after one warm-up) and peak memory of one measurement, in-process."""
+    model, x, region = make_case(args)
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    repeat = 1 if name == "zennit_voxel" and not cuda else args.repeat
+    run_once(name, model, x, region, args)  # warm-up (imports, cuDNN algorithm choice, allocator)
+    if cuda:
+        sync()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        before = rss_mib()
+    times = []
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        out = run_once(name, model, x, region, args)
+        sync()
+        times.append(time.perf_counter() - start)
+        del out
+    if cuda:
+        peak = (torch.cuda.max_memory_allocated() - before) / 2 ** 30
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before) / 1024
+    return {"name": name, "seconds": min(times), "peak_gib": peak}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs=4, default=[6, 64, 64, 32], metavar=("C", "D", "H", "W"))
+    parser.add_argument("--base", type=int, default=32, help="U-Net base width (32: 22.6 M parameters)")
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--region-voxels", type=int, default=10059)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--composite", default="epsilon")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=MEASUREMENTS, help="run one measurement (used for CPU subprocesses)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=MEASUREMENTS)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if args.only:
+        print(json.dumps(measure(args.only, args)))
+        return
+    results = []
+    for name in MEASUREMENTS:
+        if name in args.skip:
+            continue
+        if args.device.startswith("cuda"):
+            results.append(measure(name, args))
+        else:  # a fresh process per measurement, so peak RSS belongs to that measurement alone
+            forwarded = sys.argv[1:]
+            if "--json" in forwarded:
+                i = forwarded.index("--json")
+                del forwarded[i:i + 2]
+            command = [sys.executable, __file__, "--only", name] + forwarded
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            results.append(json.loads(output.strip().splitlines()[-1]))
+        print(f"  {results[-1]['name']:<16} {results[-1]['seconds']:9.3f} s  {results[-1]['peak_gib']:7.2f} GiB",
+              flush=True)
+    by_name = {r["name"]: r for r in results}
+    machine = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    params = sum(p.numel() for p in UNet3D(args.shape[0], 2, args.base, args.depth).parameters()) / 1e6
+    print(f"\n{machine}; torch {torch.__version__}; U-Net {params:.1f} M parameters; input {tuple(args.shape)}; "
+          f"|A| = {args.region_voxels}; composite {args.composite}; fp32, TF32 off")
+    print(f"{'computation':<34} {'time':>10} {'× grad':>8} {'peak mem':>10} {'× grad':>8}")
+    grad = by_name.get("gradient")
+    for r in results:
+        seconds, peak = r["seconds"], r["peak_gib"]
+        label = r["name"]
+        if label == "zennit_voxel":
+            rows = [("zennit, one voxel", seconds), (f"zennit per-voxel loop ×{args.region_voxels} (extrap.)",
+                                                     seconds * args.region_voxels)]
+        else:
+            rows = [(label, seconds)]
+        for text, t in rows:
+            ratio_t = f"{t / grad['seconds']:.2f}" if grad else "-"
+            ratio_m = f"{peak / grad['peak_gib']:.2f}" if grad and grad["peak_gib"] > 0 else "-"
+            print(f"{text:<34} {t:9.3f}s {ratio_t:>8} {peak:8.2f}GiB {ratio_m:>8}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "args": vars(args) | {
+            "json": str(args.json)}, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
