@@ -164,7 +164,7 @@ def prepare_graph(model: nn.Module, x: torch.Tensor, composite: str | Composite)
     return graph.prepare(resolve_composite(composite, x))
 
 
-def _check_region(region, spatial: torch.Size, device: torch.device) -> torch.Tensor:
+def check_region(region, spatial: torch.Size, device: torch.device) -> torch.Tensor:
     region = torch.as_tensor(np.asarray(region) if not isinstance(region, torch.Tensor) else region)
     if region.dtype != torch.bool:
         if region.is_floating_point() or not ((region == 0) | (region == 1)).all():
@@ -259,7 +259,7 @@ def explain_region(model: nn.Module, x: torch.Tensor, region, target: int | Targ
     with compute_context(model, x, device) as x_dev:
         graph = prepare_graph(model, x_dev, composite)
         y = graph.logits
-        region = _check_region(region, y.shape[2:], y.device)
+        region = check_region(region, y.shape[2:], y.device)
         coefficients = target.coefficients(y.shape[1], y.dtype, y.device)
         norm = _normalization(graph, coefficients, tolerance)
         used = region & norm.valid
@@ -330,7 +330,7 @@ def region_shares(composition: torch.Tensor, region) -> tuple[torch.Tensor, int,
     Returns:
         shares (C,) summing to 1, number of voxels used, number excluded.
     """
-    region = _check_region(region, composition.shape[1:], composition.device)
+    region = check_region(region, composition.shape[1:], composition.device)
     valid = composition.sum(0).abs() > 0.5  # usable voxels sum to 1, excluded ones to 0
     used = region & valid
     n_used = int(used.sum())
