@@ -1,0 +1,698 @@
+"""LRP Segmentation: segment multi-sequence liver MRI with a 3D network and explain region A with LRP.
+
+Requires 3D Slicer 5.10 or later (Python 3.12) and the PyTorch extension (PyTorchUtils), which
+installs torch on the first Apply -- never at import time. All computation lives in the Qt-free
+``LRPSegmentationLib`` (``slicer_logic``); this file only wires the user interface to it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import types
+
+import ctk
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MINIMUM_SLICER_VERSION = (5, 10)
+TORCH_REQUIREMENT = ">=2.1"
+COMPOSITE_NAMES = ("epsilon_gamma_box", "epsilon", "epsilon_alpha2_beta1", "epsilon_plus_flat")
+INPUT_REFERENCE_ROLE = "InputVolume_"  # + sequence name: node references of the parameter node
+
+
+#
+# LRPSegmentation
+#
+
+
+class LRPSegmentation(ScriptedLoadableModule):
+    """Module description shown in Slicer (title, category, help)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("LRP Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LRPSegmentation developers"]
+        self.parent.helpText = _(
+            "Segment multi-sequence liver MRI with a 3D segmentation network and explain a painted "
+            "region A with layer-wise relevance propagation (LRP): one relevance map per input "
+            "sequence, and each sequence's share of the relevance of region A (table and bar chart). "
+            "Select a model package, one volume per sequence the model expects and the reference "
+            "volume whose grid the outputs use; press Segment; paint region A with the Segment "
+            "Editor; choose the target class and press Explain. Repainting region A updates the "
+            "table without a new LRP pass. Requires 3D Slicer 5.10 or later and the PyTorch extension."
+        )
+        self.parent.helpText += self.getDefaultModuleDocumentationLink()
+        self.parent.acknowledgementText = _(
+            "LRP rules follow Montavon et al. (2019) and the Zennit composites (Anders et al.); "
+            "the 3D U-Net follows Cicek et al. (MICCAI 2016). Built on 3D Slicer and PyTorch; module "
+            "layout after Slicer's scripted module template, MONAIAuto3DSeg and TotalSegmentator."
+        )
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class LRPSegmentationParameterNode:
+    """The module's state. Input volumes, one per sequence of the loaded model, are stored as node
+    references ``InputVolume_<sequence>`` of the underlying parameter node (their number depends on
+    the model, so they are not fields here)."""
+
+    modelPath: str = ""
+    referenceVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    regionSegmentId: str = ""
+    targetClass: int = 1
+    classVsRest: bool = False
+    composite: str = "epsilon_gamma_box"
+    device: str = "auto"
+
+
+#
+# LRPSegmentationWidget
+#
+
+
+class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """User interface only; everything else is in LRPSegmentationLogic / slicer_logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._package = None  # package info from model.json (no torch needed)
+        self._inputSelectors = {}  # sequence name -> qMRMLNodeComboBox
+        self._job = None
+        self._jobFinished = None  # main-thread callback(job)
+        self._timer = None
+        self._updatingGui = False
+
+    # ---------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LRPSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = LRPSegmentationLogic()
+
+        self.ui.compositeComboBox.clear()
+        for name in COMPOSITE_NAMES:
+            self.ui.compositeComboBox.addItem(name)
+        self.ui.deviceComboBox.clear()
+        self.ui.deviceComboBox.addItem("auto")
+        self.ui.deviceComboBox.addItem("cpu")
+        self.ui.progressBar.hide()
+        self.ui.statusLabel.text = ""
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self.onPollJob)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.referenceVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtonStates)
+        self.ui.regionSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRegionChanged)
+        self.ui.regionSegmentSelector.connect("currentSegmentChanged(QString)", self.onRegionChanged)
+        self.ui.targetClassComboBox.connect("currentIndexChanged(int)", self.onOptionsChanged)
+        self.ui.compositeComboBox.connect("currentIndexChanged(int)", self.onOptionsChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onOptionsChanged)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.explainButton.connect("clicked(bool)", self.onExplainButton)
+        self.ui.updateRegionButton.connect("clicked(bool)", self.onUpdateRegionButton)
+        self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
+        self.ui.refreshDeviceButton.connect("clicked(bool)", self.onRefreshDevices)
+
+        self.initializeParameterNode()
+        defaultModel = self.logic.defaultModelPath()
+        if defaultModel and not self._parameterNode.modelPath:
+            self._parameterNode.modelPath = defaultModel
+        self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
+        self.onModelPathChanged(self._parameterNode.modelPath)
+
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        if self._timer is not None:
+            self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.onRefreshDevices()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.referenceVolume:
+            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if volume:
+                self._parameterNode.referenceVolume = volume
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # referenceVolume and classVsRest bind through the SlicerParameterName property in the .ui.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.updateGuiFromParameterNode()
+            self.updateButtonStates()
+
+    # ---------------------------------------------------------------- hand-wired widgets
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        if not self._updatingGui:
+            self.updateGuiFromParameterNode()
+        self.updateButtonStates()
+
+    def updateGuiFromParameterNode(self) -> None:
+        if not self._parameterNode:
+            return
+        self._updatingGui = True
+        try:
+            parameters = self._parameterNode
+            self.ui.regionSegmentSelector.setCurrentNode(parameters.segmentation)
+            if parameters.regionSegmentId:
+                self.ui.regionSegmentSelector.setCurrentSegmentID(parameters.regionSegmentId)
+            self.ui.compositeComboBox.setCurrentText(parameters.composite)
+            if self.ui.deviceComboBox.findText(parameters.device) >= 0:
+                self.ui.deviceComboBox.setCurrentText(parameters.device)
+            if 0 <= parameters.targetClass < self.ui.targetClassComboBox.count:
+                self.ui.targetClassComboBox.currentIndex = parameters.targetClass
+            raw = parameters.parameterNode
+            for name, selector in self._inputSelectors.items():
+                selector.setCurrentNode(raw.GetNodeReference(INPUT_REFERENCE_ROLE + name))
+        finally:
+            self._updatingGui = False
+
+    def onOptionsChanged(self, *args) -> None:
+        if self._updatingGui or not self._parameterNode:
+            return
+        with slicer.util.NodeModify(self._parameterNode.parameterNode):
+            self._parameterNode.targetClass = max(0, self.ui.targetClassComboBox.currentIndex)
+            self._parameterNode.composite = self.ui.compositeComboBox.currentText
+            self._parameterNode.device = self.ui.deviceComboBox.currentText or "auto"
+
+    def onRegionChanged(self, *args) -> None:
+        if self._updatingGui or not self._parameterNode:
+            return
+        with slicer.util.NodeModify(self._parameterNode.parameterNode):  # one Modified event for both
+            self._parameterNode.segmentation = self.ui.regionSegmentSelector.currentNode()
+            self._parameterNode.regionSegmentId = self.ui.regionSegmentSelector.currentSegmentID() or ""
+        self.updateButtonStates()
+
+    def onInputVolumeChanged(self, name, node) -> None:
+        if self._updatingGui or not self._parameterNode:
+            return
+        self._parameterNode.parameterNode.SetNodeReferenceID(INPUT_REFERENCE_ROLE + name, node.GetID() if node else None)
+        self.updateButtonStates()
+
+    def onModelPathChanged(self, path) -> None:
+        """Read the model package's description and build one volume selector per sequence it expects."""
+        changed = bool(self._parameterNode) and self._parameterNode.modelPath != path
+        if changed:
+            self._parameterNode.modelPath = path
+        self._package = None
+        message = ""
+        if path:
+            try:
+                self._package = self.logic.readPackageInfo(path)
+            except Exception as error:  # shown in the UI; Segment/Explain stay disabled
+                message = _("Cannot load the model package: {error}").format(error=error)
+        self.ui.modelInfoLabel.text = message or (self.logic.describePackage(self._package) if self._package else
+                                                  _("Select a model package."))
+        self._updatingGui = True  # rebuilding the combos must not overwrite the saved choices
+        try:
+            self._rebuildInputSelectors()
+            self.ui.targetClassComboBox.clear()
+            for index, className in enumerate(getattr(self._package, "class_names", None) or []):
+                self.ui.targetClassComboBox.addItem(f"{index}: {className}")
+        finally:
+            self._updatingGui = False
+        if self._package is not None and self._parameterNode:
+            classes = len(self._package.class_names)
+            with slicer.util.NodeModify(self._parameterNode.parameterNode):
+                if changed:  # a new model: its own default composite
+                    self._parameterNode.composite = self._package.composite or COMPOSITE_NAMES[0]
+                if not 0 <= self._parameterNode.targetClass < classes:
+                    self._parameterNode.targetClass = min(1, classes - 1)
+        self.updateGuiFromParameterNode()
+        self.updateButtonStates()
+
+    def _rebuildInputSelectors(self) -> None:
+        layout = self.ui.inputsFrame.layout()
+        for selector in self._inputSelectors.values():
+            layout.removeRow(selector)
+        self._inputSelectors = {}
+        for name in getattr(self._package, "sequences", None) or []:
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.selectNodeUponCreation = False
+            selector.addEnabled = False
+            selector.removeEnabled = False
+            selector.noneEnabled = True
+            selector.showChildNodeTypes = False
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.setToolTip(_("Volume holding the '{name}' sequence (any grid: it is resampled to the "
+                                  "reference volume).").format(name=name))
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, name=name: self.onInputVolumeChanged(name, node))
+            layout.addRow(f"{name}:", selector)
+            self._inputSelectors[name] = selector
+
+    def currentInputNodes(self):
+        return [selector.currentNode() for selector in self._inputSelectors.values()]
+
+    def updateButtonStates(self, *args) -> None:
+        """Disable Segment/Explain (tooltip names what is missing); Explain becomes Cancel while running."""
+        if not hasattr(self, "ui"):
+            return
+        running = self._job is not None
+        missing = []
+        if self._package is None:
+            missing.append(_("model package"))
+        else:
+            missing += self.logic.missingInputs(self.currentInputNodes(), self.ui.referenceVolumeSelector.currentNode(),
+                                                list(self._package.sequences))
+        segmentation = self.ui.regionSegmentSelector.currentNode()
+        regionMissing = [] if segmentation and self.ui.regionSegmentSelector.currentSegmentID() else [_("region A segment")]
+        canSegment = not missing and not running
+        self.ui.segmentButton.enabled = canSegment
+        self.ui.segmentButton.toolTip = (_("Run the network on the inputs.") if not missing else
+                                         _("Missing: {names}").format(names=", ".join(missing)))
+        if running:
+            self.ui.explainButton.text = _("Cancel")
+            self.ui.explainButton.enabled = True
+            self.ui.explainButton.toolTip = _("Stop the computation; partial outputs are removed.")
+        else:
+            self.ui.explainButton.text = _("Explain")
+            allMissing = missing + regionMissing
+            self.ui.explainButton.enabled = not allMissing
+            self.ui.explainButton.toolTip = (_("Explain region A with LRP.") if not allMissing else
+                                             _("Missing: {names}").format(names=", ".join(allMissing)))
+        self.ui.updateRegionButton.enabled = (not running and not regionMissing and
+                                              self.logic.lastOutputs is not None)
+
+    # ---------------------------------------------------------------- devices
+
+    def onRefreshDevices(self, *args) -> None:
+        """Fill the device combo and the torch/CUDA/GPU label, only if torch is already installed."""
+        info = self.logic.torchInfo()
+        self.ui.deviceInfoLabel.text = info["text"]
+        current = self.ui.deviceComboBox.currentText
+        self._updatingGui = True
+        try:
+            self.ui.deviceComboBox.clear()
+            for device in ["auto", *info["cuda_devices"], "cpu"]:
+                self.ui.deviceComboBox.addItem(device)
+            if self.ui.deviceComboBox.findText(current) >= 0:
+                self.ui.deviceComboBox.setCurrentText(current)
+        finally:
+            self._updatingGui = False
+
+    # ---------------------------------------------------------------- actions
+
+    def onOpenSegmentEditor(self) -> None:
+        segmentation = self.ui.regionSegmentSelector.currentNode()
+        if segmentation is None:
+            segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "LRP regions")
+            segmentation.CreateDefaultDisplayNodes()
+            reference = self.ui.referenceVolumeSelector.currentNode()
+            if reference:
+                segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+            segmentId = segmentation.GetSegmentation().AddEmptySegment("", "region A", [1.0, 1.0, 0.0])
+            self.ui.regionSegmentSelector.setCurrentNode(segmentation)
+            self.ui.regionSegmentSelector.setCurrentSegmentID(segmentId)
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.SegmentEditorWidget.editor
+        editor.setSegmentationNode(segmentation)
+        if self.ui.referenceVolumeSelector.currentNode():
+            editor.setSourceVolumeNode(self.ui.referenceVolumeSelector.currentNode())
+        if self.ui.regionSegmentSelector.currentSegmentID():
+            editor.setCurrentSegmentID(self.ui.regionSegmentSelector.currentSegmentID())
+
+    def _startJob(self, job, onFinished, message) -> None:
+        self._job = job
+        self._jobFinished = onFinished
+        self.ui.progressBar.show()
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = message
+        self.updateButtonStates()
+        job.start()
+        self._timer.start()
+
+    def onPollJob(self) -> None:
+        """Main thread: relay progress; on completion create the nodes (MRML only here)."""
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        self.ui.progressBar.value = int(100 * job.fraction)
+        if job.message:
+            self.ui.statusLabel.text = job.message
+        if not job.done:
+            return
+        self._timer.stop()
+        self._job = None
+        onFinished, self._jobFinished = self._jobFinished, None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("LRP Segmentation failed."), waitCursor=True):
+                try:
+                    onFinished(job)
+                    self.ui.statusLabel.text = _("Done.")
+                except self.logic.Cancelled:
+                    self.ui.statusLabel.text = _("Cancelled; partial outputs removed.")
+        finally:
+            self.ui.progressBar.hide()
+            self.updateButtonStates()
+
+    def onSegmentButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
+            self.logic.ensureTorch()
+            self.onRefreshDevices()
+            package = self.logic.loadPackage(self._package.path)
+            reference = self.ui.referenceVolumeSelector.currentNode()
+            job, finish = self.logic.segmentAsync(self.currentInputNodes(), reference, package,
+                                                  self.ui.deviceComboBox.currentText)
+            self._startJob(job, finish, _("Segmenting..."))
+
+    def onExplainButton(self) -> None:
+        if self._job is not None:  # the button is "Cancel" while running
+            self._job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Explanation failed."), waitCursor=True):
+            self.logic.ensureTorch()
+            self.onRefreshDevices()
+            package = self.logic.loadPackage(self._package.path)
+            job, finish = self.logic.explainAsync(
+                self.currentInputNodes(), self.ui.referenceVolumeSelector.currentNode(),
+                self.ui.regionSegmentSelector.currentNode(), self.ui.regionSegmentSelector.currentSegmentID(),
+                package, max(0, self.ui.targetClassComboBox.currentIndex), self.ui.classVsRestCheckBox.checked,
+                self.ui.compositeComboBox.currentText, self.ui.deviceComboBox.currentText)
+            self._startJob(job, finish, _("Explaining region A..."))
+
+    def onUpdateRegionButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not update the shares."), waitCursor=True):
+            shares = self.logic.updateRegion(self.ui.regionSegmentSelector.currentNode(),
+                                             self.ui.regionSegmentSelector.currentSegmentID(),
+                                             self.ui.referenceVolumeSelector.currentNode())
+            self.ui.statusLabel.text = _("Shares updated for the repainted region ({n} voxels).").format(n=shares[1])
+
+
+#
+# LRPSegmentationLogic
+#
+
+
+class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Thin layer over ``LRPSegmentationLib.slicer_logic`` (usable without the widget)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.lastOutputs = None
+        self._loadedPackage = None
+        from LRPSegmentationLib import slicer_logic
+
+        self._lib = slicer_logic
+        self.Cancelled = slicer_logic.Cancelled
+
+    def getParameterNode(self):
+        return LRPSegmentationParameterNode(super().getParameterNode())
+
+    # ---------------------------------------------------------------- environment
+
+    @staticmethod
+    def checkSlicerVersion() -> None:
+        version = (slicer.app.majorVersion, slicer.app.minorVersion)
+        if version < MINIMUM_SLICER_VERSION:
+            raise RuntimeError(_("LRP Segmentation needs 3D Slicer {minimum} or later (this is {version}).").format(
+                minimum="%d.%d" % MINIMUM_SLICER_VERSION, version="%d.%d" % version))
+
+    def ensureTorch(self):
+        """Install torch through the PyTorch extension if needed (main thread, on Apply only)."""
+        self.checkSlicerVersion()
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            return torch
+        try:
+            import PyTorchUtils
+        except ImportError as error:
+            raise RuntimeError(_("This module needs the PyTorch extension: install 'PyTorch' from the "
+                                 "Extensions Manager and restart Slicer.")) from error
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("LRP Segmentation needs PyTorch. Install it now? This can take several minutes."),
+                    _("PyTorch required")):
+                raise RuntimeError(_("PyTorch is required; it was not installed."))
+            torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                raise RuntimeError(_("PyTorch could not be installed; see the Python console."))
+        import torch
+
+        return torch
+
+    @staticmethod
+    def torchInfo() -> dict:
+        """Torch version, CUDA build and GPU names, without installing anything."""
+        if importlib.util.find_spec("torch") is None:
+            return {"text": _("PyTorch not installed yet: it is installed on the first Segment/Explain."),
+                    "cuda_devices": []}
+        import torch
+
+        if torch.cuda.is_available():
+            devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            text = f"PyTorch {torch.__version__}, CUDA {torch.version.cuda}, GPU: {names}"
+        else:
+            devices = []
+            build = f"CUDA build {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
+            text = f"PyTorch {torch.__version__} ({build}); no GPU available: computing on the CPU"
+        return {"text": text, "cuda_devices": devices}
+
+    # ---------------------------------------------------------------- model packages
+
+    def defaultModelPath(self) -> str:
+        """The demo model package shipped in Resources/Models (first *.lrpmodel folder), or ""."""
+        folder = os.path.join(os.path.dirname(__file__), "Resources", "Models")
+        if not os.path.isdir(folder):
+            return ""
+        entries = sorted(entry for entry in os.listdir(folder) if entry.endswith(".lrpmodel"))
+        return os.path.join(folder, entries[0]) if entries else ""
+
+    def readPackageInfo(self, path):
+        """Sequences and classes from the package's model.json (no torch needed)."""
+        return self._lib.read_package_info(path)
+
+    def ensureDependencies(self) -> None:
+        """Pure-Python packages the model packages need, installed on Apply (main thread)."""
+        if importlib.util.find_spec("safetensors") is not None:
+            return
+        requirement = "safetensors>=0.4"
+        if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):  # Slicer 5.12+
+            slicer.packaging.pip_ensure([requirement])
+        else:
+            slicer.util.pip_install(requirement)
+
+    def loadPackage(self, path):
+        """The full model package (weights included); call after ensureTorch(). Cached per path."""
+        if self._loadedPackage is not None and self._loadedPackage[0] == path:
+            return self._loadedPackage[1]
+        self.ensureDependencies()
+        from LRPSegmentationLib.models.package import load_package
+
+        package = load_package(path)
+        self._loadedPackage = (path, package)
+        return package
+
+    @staticmethod
+    def describePackage(package) -> str:
+        sequences = ", ".join(package.sequences)
+        classes = ", ".join(package.class_names)
+        return _("Sequences: {sequences}. Classes: {classes}.").format(sequences=sequences, classes=classes)
+
+    def missingInputs(self, inputNodes, referenceNode, sequenceNames):
+        return self._lib.check_inputs(inputNodes, referenceNode, sequenceNames)
+
+    # ---------------------------------------------------------------- synchronous (scripts, tests)
+
+    def segment(self, inputNodes, referenceNode, package, device="auto", model=None):
+        return self._lib.segment(slicer.mrmlScene, inputNodes, referenceNode, package, device, model=model)
+
+    def explain(self, inputNodes, referenceNode, segmentationNode, segmentId, package, targetClass=1,
+                classVsRest=False, composite=None, device="auto", model=None, progress=None, cancel=None):
+        from LRPSegmentationLib.engine import Target
+
+        self.lastOutputs = self._lib.explain(slicer.mrmlScene, inputNodes, referenceNode, segmentationNode, segmentId,
+                                             package, Target(int(targetClass), bool(classVsRest)), composite, device,
+                                             progress=progress, cancel=cancel, model=model)
+        return self.lastOutputs
+
+    def updateRegion(self, segmentationNode, segmentId, referenceNode, outputs=None):
+        outputs = outputs or self.lastOutputs
+        if outputs is None:
+            raise ValueError(_("Run Explain first."))
+        return self._lib.update_region(slicer.mrmlScene, outputs, None, segmentationNode, segmentId, referenceNode)
+
+    # ---------------------------------------------------------------- asynchronous (the widget)
+
+    def segmentAsync(self, inputNodes, referenceNode, package, device="auto"):
+        """(job, finish): MRML read now; the network runs in ``job``'s thread; ``finish(job)`` on the
+        main thread creates the segmentation."""
+        inputs = self._lib.prepare_inputs(inputNodes, referenceNode, package)  # main thread: MRML
+        lib = self._lib
+
+        def compute(progress, cancel):  # worker thread: torch only
+            return lib.compute_labels(lib.load_model(package), inputs, package, device, cancel, progress)
+
+        def finish(job):
+            return lib.publish_segmentation(slicer.mrmlScene, job.result(), referenceNode, package)
+
+        return lib.BackgroundJob(compute), finish
+
+    def explainAsync(self, inputNodes, referenceNode, segmentationNode, segmentId, package, targetClass=1,
+                     classVsRest=False, composite=None, device="auto"):
+        from LRPSegmentationLib.engine import Target
+
+        lib = self._lib
+        request = lib.prepare_explain(inputNodes, referenceNode, segmentationNode, segmentId, package,
+                                      Target(int(targetClass), bool(classVsRest)), composite, device)
+
+        def compute(progress, cancel):
+            return lib.compute_explanation(request, package, None, progress, cancel)
+
+        def finish(job):
+            self.lastOutputs = lib.publish_explanation(slicer.mrmlScene, request, job.result(), referenceNode,
+                                                       cancel=job.cancelled)
+            try:
+                slicer.modules.plots.logic().ShowChartInLayout(self.lastOutputs.chart_node)
+            except Exception:  # no plot view available (e.g. headless): the chart is still in the scene
+                logging.debug("could not show the chart", exc_info=True)
+            return self.lastOutputs
+
+        return lib.BackgroundJob(compute), finish
+
+
+#
+# LRPSegmentationTest
+#
+
+
+class LRPSegmentationTest(ScriptedLoadableModuleTest):
+    """Self-test on generated data (no downloads): segment, explain, repaint, cancel."""
+
+    SEQUENCES = ["T1 pre", "T1 arterial", "T1 portal", "T1 delayed", "T2", "DWI"]
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_LRPSegmentation1()
+
+    def _package(self, model):
+        return types.SimpleNamespace(build=lambda: model, sequences=list(self.SEQUENCES), reference=self.SEQUENCES[0],
+                                     normalization={"type": "zscore", "mask": "none"},
+                                     class_names=["background", "lesion"], colors=[(0, 0, 0), (0.9, 0.3, 0.1)],
+                                     composite="epsilon_gamma_box")
+
+    def test_LRPSegmentation1(self):
+        if importlib.util.find_spec("torch") is None:
+            self.delayDisplay("PyTorch is not installed: test skipped (install the PyTorch extension).")
+            return
+        import numpy as np
+        import torch
+
+        from LRPSegmentationLib.models import UNet3D
+
+        self.delayDisplay("Starting the test")
+        rng = np.random.default_rng(0)
+        shape = (8, 8, 12)
+        ijkToRas = np.diag([1.5, 1.2, 2.0, 1.0])
+        inputs = [slicer.util.addVolumeFromArray(rng.normal(100, 20, shape).astype(np.float32), ijkToRas, name)
+                  for name in self.SEQUENCES[:5]]
+        otherGrid = np.diag([1.0, 1.0, 1.0, 1.0])
+        otherGrid[:3, 3] = [-2.0, -2.0, -2.0]
+        inputs.append(slicer.util.addVolumeFromArray(rng.normal(500, 50, (22, 14, 22)).astype(np.float32), otherGrid,
+                                                     self.SEQUENCES[5]))
+        reference = inputs[0]
+        torch.manual_seed(0)
+        model = UNet3D(6, 2, base_channels=4, depth=2).eval()
+        package = self._package(model)
+        logic = LRPSegmentationLogic()
+
+        segmentation = logic.segment(inputs, reference, package, "cpu")
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 1)
+
+        regions = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "regions")
+        regions.CreateDefaultDisplayNodes()
+        segmentId = regions.GetSegmentation().AddEmptySegment("A", "region A")
+        with self.assertRaisesRegex(ValueError, "the segment 'region A' is empty: paint region A first"):
+            logic.explain(inputs, reference, regions, segmentId, package, 1, False, None, "cpu")
+        mask = np.zeros(shape, np.uint8)
+        mask[3:6, 2:6, 4:9] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, regions, segmentId, reference)
+
+        missing = list(inputs)
+        missing[4] = None
+        with self.assertRaisesRegex(ValueError, "'T2'"):
+            logic.explain(missing, reference, regions, segmentId, package, 1, False, None, "cpu")
+
+        nodes = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(logic.Cancelled):
+            logic.explain(inputs, reference, regions, segmentId, package, 1, True, None, "cpu", cancel=lambda: True)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
+
+        outputs = logic.explain(inputs, reference, regions, segmentId, package, 1, True, None, "cpu", model=model)
+        self.assertEqual(len(outputs.relevance_nodes), len(self.SEQUENCES))
+        self.assertAlmostEqual(float(np.sum(outputs.shares)), 1.0, places=4)
+        for node in outputs.relevance_nodes:
+            self.assertEqual(slicer.util.arrayFromVolume(node).shape, shape)
+
+        mask[:] = 0
+        mask[1:4, 4:8, 0:6] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, regions, segmentId, reference)
+        shares, used, excluded = logic.updateRegion(regions, segmentId, reference)
+        self.assertAlmostEqual(float(np.sum(shares)), 1.0, places=4)
+        self.assertEqual(used + excluded, int(mask.sum()))
+        self.delayDisplay("Test passed")
