@@ -1,6 +1,10 @@
 """LRPSegmentationLib: region-normalized layer-wise relevance propagation for 3D segmentation.
 
 The Qt-free library under the LRPSegmentation 3D Slicer module. Layers, bottom to top:
-``engine`` (pure torch) → ``models`` → ``imaging`` → ``pipeline`` → ``mrml`` / ``cli``.
+``engine`` (pure torch: rules, tracing, region math, sliding windows); ``imaging`` (SimpleITK IO)
+and ``models`` (architectures, model packages); ``pipeline`` (one case through the data flow),
+``outputs``/``figures``; and the front ends' logic: ``mrml``/``slicer_logic`` (3D Slicer), ``cli``.
+``phantom``, ``training`` and ``evaluation`` provide the synthetic data, the demo model and the
+faithfulness checks.
 """
 __version__ = "0.1.0"

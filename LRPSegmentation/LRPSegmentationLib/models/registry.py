@@ -1,0 +1,132 @@
+"""Architecture registry: a name → a builder that makes an ``nn.Module`` from keyword arguments.
+
+A model package (see ``package``) stores an architecture *name* and its keyword arguments, never
+Python code or a pickled class, so loading a package can only ever call a builder registered here.
+
+Built-in names:
+
+- ``"unet3d"``: the seed's Çiçek 3D U-Net (`UNet3D`); kwargs ``in_channels``, ``out_channels``,
+  ``base_channels``, ``depth``.
+- ``"monai.UNet"``, ``"monai.BasicUNet"``, ``"monai.DynUNet"``: MONAI networks (see
+  ``monai_nets``), available when MONAI is installed (``pip install monai``).
+
+Any other network the engine can explain can be added with `register_architecture`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from . import monai_nets
+from .unet3d import UNet3D
+
+#: A builder takes the architecture's keyword arguments and returns a new (randomly initialized)
+#: network.
+Builder = Callable[..., nn.Module]
+
+_BUILTIN: dict[str, Builder] = {"unet3d": UNet3D}
+_registry: dict[str, Builder] = dict(_BUILTIN)
+
+
+def available_architectures() -> list[str]:
+    """The names `build_architecture` accepts right now, sorted.
+
+    MONAI names are included only when MONAI can be imported.
+    """
+    names = set(_registry)
+    if monai_nets.monai_available():
+        names.update(monai_nets.MONAI_BUILDERS)
+    return sorted(names)
+
+
+def register_architecture(name: str, builder: Builder, *, overwrite: bool = False) -> None:
+    """Make ``name`` buildable (and so loadable from model packages).
+
+    Args:
+        name: the architecture's name as stored in packages, e.g. ``"mylab.AttentionFreeUNet"``.
+            Names starting with ``"monai."`` and the built-in names are reserved.
+        builder: a callable (a class or a function) taking keyword arguments and returning an
+            ``nn.Module`` whose forward maps (N, C, D, H, W) → logits (N, K, D, H, W).
+        overwrite: replace an earlier registration of ``name`` (built-ins can never be replaced).
+
+    Raises:
+        ValueError: empty/reserved name, builder not callable, or name already registered and
+            ``overwrite`` is False.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"an architecture name must be a non-empty string, got {name!r}")
+    if name in _BUILTIN or name in monai_nets.MONAI_BUILDERS or name.startswith("monai."):
+        raise ValueError(f"architecture name {name!r} is reserved for the built-in architectures; "
+                         "choose another name")
+    if not callable(builder):
+        raise ValueError(f"the builder for {name!r} must be callable (a class or a function), "
+                         f"got {type(builder).__name__}")
+    if name in _registry and not overwrite:
+        raise ValueError(f"architecture {name!r} is already registered; pass overwrite=True to replace it")
+    _registry[name] = builder
+
+
+def unregister_architecture(name: str) -> None:
+    """Remove a user registration (built-ins cannot be removed).
+
+    Raises:
+        ValueError: ``name`` is a built-in or not registered.
+    """
+    if name in _BUILTIN or name in monai_nets.MONAI_BUILDERS:
+        raise ValueError(f"architecture {name!r} is built in and cannot be unregistered")
+    if name not in _registry:
+        raise ValueError(f"architecture {name!r} is not registered; registered: {', '.join(sorted(_registry))}")
+    del _registry[name]
+
+
+def get_builder(name: str) -> Builder:
+    """The builder registered under ``name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones), or a ``monai.*`` name while
+            MONAI is not installed (the message says how to install it).
+    """
+    if name in _registry:
+        return _registry[name]
+    if name in monai_nets.MONAI_BUILDERS:
+        if not monai_nets.monai_available():
+            raise ValueError(f"architecture {name!r} needs MONAI, which is not installed: "
+                             "pip install monai  (or pip install 'lrpsegmentation[monai]')")
+        return monai_nets.MONAI_BUILDERS[name]
+    hint = ""
+    if isinstance(name, str) and name.startswith("monai."):
+        hint = f" (MONAI architectures: {', '.join(sorted(monai_nets.MONAI_BUILDERS))})"
+        if not monai_nets.monai_available():
+            hint += "; MONAI is not installed: pip install monai"
+    raise ValueError(f"unknown architecture {name!r}; known architectures: "
+                     f"{', '.join(available_architectures())}{hint}. "
+                     "Add your own with register_architecture(name, builder).")
+
+
+def build_architecture(name: str, **kwargs: Any) -> nn.Module:
+    """A new, randomly initialized network of architecture ``name``.
+
+    Args:
+        name: a registered name (see `available_architectures`).
+        **kwargs: the builder's keyword arguments (e.g. ``in_channels=6, out_channels=2``).
+
+    Returns:
+        The network in training mode, as the builder made it (callers load weights, then call
+        ``eval()``).
+
+    Raises:
+        ValueError: unknown name, keyword arguments the builder rejects, or a builder that does not
+            return an ``nn.Module``.
+    """
+    builder = get_builder(name)
+    try:
+        model = builder(**kwargs)
+    except (TypeError, ValueError, AssertionError) as error:
+        # Unknown/missing keyword arguments surface as TypeError, bad values as ValueError or (in
+        # some MONAI versions) AssertionError; say which architecture and arguments it was.
+        raise ValueError(f"cannot build architecture {name!r} with arguments {kwargs!r}: {error}") from error
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"the builder of architecture {name!r} returned {type(model).__name__}, "
+                         "not a torch.nn.Module")
+    return model
