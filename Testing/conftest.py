@@ -4,10 +4,10 @@ import pytest
 
 @pytest.fixture
 def mrml_scene():
-    """The headless Slicer scene (see slicer_harness.py), emptied before each test.
+    """The headless Slicer scene (see LRPSegmentationLib/headless.py), emptied before each test.
 
     slicer-core is imported only by tests that use this fixture.
     """
-    from slicer_harness import clear_scene
+    from LRPSegmentationLib.headless import clear_scene
 
     return clear_scene()

@@ -1,6 +1,6 @@
 """Tests for LRPSegmentationLib.mrml on real MRML nodes (slicer-core, no Qt, no mocks).
 
-The scene comes from the ``mrml_scene`` fixture (conftest.py -> slicer_harness.py):
+The scene comes from the ``mrml_scene`` fixture (conftest.py -> LRPSegmentationLib/headless.py):
 one headless Slicer application per test session, scene cleared before each test.
 Volumes are tiny (<= 16^3 voxels) so the whole file runs in a few seconds.
 """
@@ -102,7 +102,7 @@ def test_harness_provides_scene_logics_and_slicer_util(mrml_scene):
 
 
 def test_clear_scene_resets_to_the_start_up_state(mrml_scene, reference):
-    from slicer_harness import clear_scene
+    from LRPSegmentationLib.headless import clear_scene
 
     mrml.create_output_folder(mrml_scene, "outputs", reference)
     clear_scene()

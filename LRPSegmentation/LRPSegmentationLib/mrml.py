@@ -1,7 +1,7 @@
 """MRML glue: numpy arrays <-> 3D Slicer nodes, without Qt.
 
 The LRPSegmentation module's Logic calls these functions; tests call them on a
-headless scene (``Testing/slicer_harness.py``). Everything here needs only the
+headless scene (``LRPSegmentationLib.headless``). Everything here needs only the
 ``slicer`` package (the Slicer application or the ``slicer-core`` wheel) and
 never imports Qt.
 

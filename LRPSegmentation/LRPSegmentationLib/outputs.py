@@ -96,6 +96,24 @@ def write_segmentation(folder: PathLike, labels: np.ndarray, geometry: Geometry,
     return write_label(labels, geometry, path, overwrite=overwrite)
 
 
+def write_json(path: PathLike, data: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """A JSON file (numpy and torch values converted), refusing to replace an existing one."""
+    path = Path(path)
+    check_writable([path], overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=_json_default))
+    return path
+
+
+def write_text(path: PathLike, text: str, overwrite: bool = False) -> Path:
+    """A text file (e.g. a report), refusing to replace an existing one."""
+    path = Path(path)
+    check_writable([path], overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)

@@ -1,4 +1,4 @@
-"""Start a headless, Qt-free "Slicer application" for tests, on top of slicer-core.
+"""Start a headless, Qt-free "Slicer application" on top of slicer-core (tests, scene export).
 
 The desktop 3D Slicer application (``qSlicerCoreApplication`` plus each module's
 ``setup()``) does a few things at start-up that plain ``import slicer`` from the
@@ -26,9 +26,9 @@ is the base ``vtkMRMLColorLogic`` (built-in colour tables only, like trame-slice
 ``slicer.app`` (the Qt application) does not exist here; ``slicer.util``
 functions that need it (layouts, dialogs) are unavailable.
 
-Usage (see ``Testing/conftest.py`` for the pytest fixture)::
+Usage (``Testing/conftest.py`` has the pytest fixture; ``scene.py`` writes .mrml scenes with it)::
 
-    from slicer_harness import start_slicer, clear_scene
+    from LRPSegmentationLib.headless import start_slicer, clear_scene
     scene = start_slicer()  # idempotent
     clear_scene()           # before each test
 """
