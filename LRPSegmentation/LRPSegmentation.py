@@ -631,10 +631,14 @@ class LRPSegmentationTest(ScriptedLoadableModuleTest):
         self.test_LRPSegmentation1()
 
     def _package(self, model):
-        return types.SimpleNamespace(build=lambda: model, sequences=list(self.SEQUENCES), reference=self.SEQUENCES[0],
-                                     normalization={"type": "zscore", "mask": "none"},
-                                     class_names=["background", "lesion"], colors=[(0, 0, 0), (0.9, 0.3, 0.1)],
-                                     composite="epsilon_gamma_box")
+        """A real model package around the generated network (weights copied)."""
+        from LRPSegmentationLib.models import create_package
+
+        return create_package(model, "unet3d", {"in_channels": 6, "out_channels": 2, "base_channels": 4, "depth": 2},
+                              list(self.SEQUENCES), normalization={"type": "zscore", "mask": "none"},
+                              class_names=["background", "lesion"], class_colors=[(0, 0, 0), (0.9, 0.3, 0.1)],
+                              composite="epsilon_gamma_box", reference_sequence=self.SEQUENCES[0],
+                              target_spacing=(1.5, 1.2, 2.0), patch_size=(8, 8, 12), name="self-test")
 
     def test_LRPSegmentation1(self):
         if importlib.util.find_spec("torch") is None:

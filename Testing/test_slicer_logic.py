@@ -18,6 +18,7 @@ vtk = pytest.importorskip("vtk")
 from LRPSegmentationLib import engine, mrml, slicer_logic  # noqa: E402
 from LRPSegmentationLib.imaging import normalize_sequences  # noqa: E402
 from LRPSegmentationLib.models import UNet3D  # noqa: E402
+from LRPSegmentationLib.models import package as package_module  # noqa: E402
 
 SEQUENCES = ["T1 pre", "T1 arterial", "T1 portal", "T1 delayed", "T2", "DWI"]
 REFERENCE_SHAPE = (8, 8, 12)  # (D, H, W), divisible by 2**depth = 4
@@ -32,20 +33,19 @@ def make_model(seed: int = 0) -> UNet3D:
 
 
 def make_package(model: UNet3D | None = None, **overrides):
-    """Stand-in for models.package.ModelPackage: only the attributes slicer_logic reads."""
+    """A real model package around ``model`` (its weights are copied)."""
     model = model or make_model()
-    package = types.SimpleNamespace(
-        build=lambda: model,
-        sequences=list(SEQUENCES),
-        reference=SEQUENCES[0],
-        normalization=NORMALIZATION,
-        class_names=["background", "liver lesion"],
-        colors=[(0.0, 0.0, 0.0), (0.9, 0.3, 0.1)],
-        composite="epsilon_gamma_box",
-    )
-    for key, value in overrides.items():
-        setattr(package, key, value)
-    return package
+    options = dict(normalization=NORMALIZATION, class_names=["background", "liver lesion"],
+                   class_colors=[(0.0, 0.0, 0.0), (0.9, 0.3, 0.1)], composite="epsilon_gamma_box",
+                   reference_sequence=SEQUENCES[0], target_spacing=(1.0, 1.0, 1.0), patch_size=REFERENCE_SHAPE,
+                   name="tiny")
+    for bound in ("box_low", "box_high"):
+        if bound in overrides:
+            overrides[bound] = [float(overrides[bound])] * len(SEQUENCES)
+    options.update(overrides)
+    return package_module.create_package(model, "unet3d", {"in_channels": 6, "out_channels": 2,
+                                                           "base_channels": 4, "depth": 2},
+                                         SEQUENCES, **options)
 
 
 def add_volume(array, ijk_to_ras, name):
@@ -331,7 +331,7 @@ def test_background_job_runs_the_compute_step_in_a_thread_and_can_be_cancelled(c
 
 def test_a_real_model_package_drives_segment_and_explain(case, tmp_path):
     """models.package.ModelPackage (saved and loaded) is accepted as the package."""
-    package_module = pytest.importorskip("LRPSegmentationLib.models.package")
+
     model = make_model()
     created = package_module.create_package(
         model, "unet3d", {"in_channels": 6, "out_channels": 2, "base_channels": 4, "depth": 2}, SEQUENCES,
@@ -349,7 +349,7 @@ def test_a_real_model_package_drives_segment_and_explain(case, tmp_path):
 
 
 def test_read_package_info_needs_only_the_json(tmp_path):
-    package_module = pytest.importorskip("LRPSegmentationLib.models.package")
+
     created = package_module.create_package(
         make_model(), "unet3d", {"in_channels": 6, "out_channels": 2, "base_channels": 4, "depth": 2}, SEQUENCES,
         normalization=NORMALIZATION, class_names=["background", "liver lesion"], target_spacing=(1.0, 1.0, 1.0),

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import figures, outputs
-from .engine import (RegionExplanation, Target, explain_region, region_shares, sequence_composition,
+from .engine import (DEFAULT_TOLERANCE, RegionExplanation, Target, explain_region, region_shares, sequence_composition,
                      sliding_explain_region, sliding_sequence_composition, sliding_window_logits)
 from .imaging import Geometry, find_case_files, normalize_sequences, read_image, read_sequences, resample_to_reference
 from .models.package import ModelPackage
@@ -93,27 +93,97 @@ def _fits_one_patch(shape, patch) -> bool:
     return all(s <= p for s, p in zip(shape, patch))
 
 
+def pad_for_model(x: torch.Tensor, package: ModelPackage) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Edge-pad (1, C, D, H, W) so the network can run on it: axes shorter than the patch are
+    padded to the patch size (sliding windows need a full patch), and a volume that fits one patch
+    is padded to a multiple of the network's size divisor (e.g. 2**depth). Returns the padded input
+    and the spatial slices that crop outputs back to the original grid."""
+    shape = tuple(x.shape[2:])
+    divisor = package.size_divisor or 1
+    if _fits_one_patch(shape, package.patch_size):
+        target = tuple(-(-n // divisor) * divisor for n in shape)
+    else:
+        target = tuple(max(n, p) for n, p in zip(shape, package.patch_size))
+    crop = tuple(slice(0, n) for n in shape)
+    if target == shape:
+        return x, crop
+    pad = []
+    for n, t in reversed(list(zip(shape, target))):
+        pad += [0, t - n]
+    return torch.nn.functional.pad(x, pad, mode="replicate"), crop
+
+
 def _uses_sliding(x: torch.Tensor, package: ModelPackage) -> bool:
-    """Whole-volume inference when the volume fits one patch; sliding windows otherwise."""
+    """Whole-volume inference when the (padded) volume fits one patch; sliding windows otherwise."""
     return not _fits_one_patch(x.shape[2:], package.patch_size)
 
 
 def predict(model: nn.Module, x: torch.Tensor, package: ModelPackage, device: str | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (K, D, H, W) float32 and labels (D, H, W) uint8 (argmax)."""
-    if _uses_sliding(x, package):
-        logits = sliding_window_logits(model, x, package.patch_size, package.overlap, device=device)
+    """Logits (K, D, H, W) float32 and labels (D, H, W) uint8 (argmax) on x's grid."""
+    padded, crop = pad_for_model(x, package)
+    if _uses_sliding(padded, package):
+        logits = sliding_window_logits(model, padded, package.patch_size, package.overlap, device=device)
     else:
         from .engine import resolve_device
         dev = resolve_device(device)
         original = next(model.parameters()).device
-        with torch.no_grad():
-            logits = model.to(dev)(x.to(dev)).cpu()
-        model.to(original)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-    logits = logits[0].float().numpy()
+        try:
+            with torch.no_grad():
+                logits = model.to(dev)(padded.to(dev))
+                logits = (logits[0] if isinstance(logits, (tuple, list)) else logits).cpu()
+        finally:
+            model.to(original)
+    logits = logits[(0, slice(None)) + crop].float().numpy()
     return logits, logits.argmax(0).astype(np.uint8)
+
+
+def explain_input(model: nn.Module, x: torch.Tensor, package: ModelPackage, region: np.ndarray,
+                  target: Target, composite: str | None = None, device: str | None = None,
+                  tolerance: float = DEFAULT_TOLERANCE) -> RegionExplanation:
+    """Exact region explanation of a normalized input (1, C, D, H, W) on its own grid, padded for
+    the network and cropped back (whole volume or sliding windows, as `predict` does).
+
+    Relevance that falls on padding is cropped away; its share of the total is reported as
+    ``diagnostics["relevance_in_padding"]`` and the shares are those of the cropped map.
+    """
+    padded, crop = pad_for_model(x, package)
+    lrp_composite = package.lrp_composite(composite)  # with the package's box bounds
+    full_region = np.zeros(padded.shape[2:], dtype=bool)
+    full_region[crop] = np.asarray(region, dtype=bool)
+    if _uses_sliding(padded, package):
+        result = sliding_explain_region(model, padded, full_region, target, lrp_composite,
+                                        patch_size=package.patch_size, overlap=package.overlap, device=device,
+                                        tolerance=tolerance)
+    else:
+        result = explain_region(model, padded, full_region, target, lrp_composite, device=device,
+                                tolerance=tolerance)
+    if padded.shape == x.shape:
+        return result
+    relevance = result.relevance[(slice(None),) + crop].contiguous()
+    total, kept = result.relevance.sum(), relevance.sum()
+    positive = relevance.clamp(min=0).flatten(1).sum(1)
+    result.diagnostics["relevance_in_padding"] = float((total - kept) / total) if total != 0 else 0.0
+    result.relevance = relevance
+    result.sequence_shares = relevance.flatten(1).sum(1) / kept if kept != 0 else torch.zeros_like(positive)
+    result.positive_shares = positive / positive.sum() if positive.sum() > 0 else positive
+    result.excluded = result.excluded[crop]
+    return result
+
+
+def composition_input(model: nn.Module, x: torch.Tensor, package: ModelPackage, target: Target,
+                      composite: str | None = None, device: str | None = None,
+                      tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
+    """The sequence-composition map (C, D, H, W) of a normalized input on its own grid."""
+    padded, crop = pad_for_model(x, package)
+    lrp_composite = package.lrp_composite(composite)
+    if _uses_sliding(padded, package):
+        composition = sliding_sequence_composition(model, padded, target, lrp_composite,
+                                                   patch_size=package.patch_size, overlap=package.overlap,
+                                                   device=device, tolerance=tolerance)
+    else:
+        composition = sequence_composition(model, padded, target, lrp_composite, device=device, tolerance=tolerance)
+    return composition[(slice(None),) + crop].numpy()
 
 
 def connected_lesions(mask: np.ndarray, min_voxels: int = 1) -> list[np.ndarray]:
@@ -193,20 +263,14 @@ def explain_case(case: Case, model: nn.Module, package: ModelPackage, regions: s
     target = Target(len(package.class_names) - 1) if target is None else target
     target = target if isinstance(target, Target) else Target(int(target))
     composite = composite or package.composite
-    lrp_composite = package.lrp_composite(composite)  # with the package's box bounds
     x = network_input(case, package)
     say("segmenting")
     logits, labels = predict(model, x, package, device)
     if isinstance(regions, str):
         regions = select_regions(regions, labels, target.index, case.reference_label)
-    sliding = _uses_sliding(x, package)
     say("computing the sequence-composition map")
-    if sliding:
-        composition = sliding_sequence_composition(model, x, target, lrp_composite, patch_size=package.patch_size,
-                                                   overlap=package.overlap, device=device)
-    else:
-        composition = sequence_composition(model, x, target, lrp_composite, device=device)
-    result = CaseResult(case, logits, labels, composition.numpy(), target=target, composite=composite)
+    composition = composition_input(model, x, package, target, composite, device)
+    result = CaseResult(case, logits, labels, composition, target=target, composite=composite)
     for name, region in regions.items():
         say(f"explaining region {name} ({int(np.sum(region))} voxels)")
         result.regions[name] = np.asarray(region, dtype=bool)
@@ -217,12 +281,8 @@ def explain_case(case: Case, model: nn.Module, package: ModelPackage, regions: s
 def explain_region_of(result: CaseResult, model: nn.Module, package: ModelPackage, region: np.ndarray,
                       device: str | None = None) -> RegionExplanation:
     """Explain one more region of an already predicted case (same target and composite)."""
-    x = network_input(result.case, package)
-    composite = package.lrp_composite(result.composite)
-    if _uses_sliding(x, package):
-        return sliding_explain_region(model, x, region, result.target, composite, patch_size=package.patch_size,
-                                      overlap=package.overlap, device=device)
-    return explain_region(model, x, region, result.target, composite, device=device)
+    return explain_input(model, network_input(result.case, package), package, region, result.target,
+                         result.composite, device)
 
 
 def write_case_outputs(result: CaseResult, folder: PathLike, package: ModelPackage, overwrite: bool = False

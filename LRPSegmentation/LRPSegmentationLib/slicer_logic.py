@@ -17,18 +17,14 @@ use). A ``cancel`` callable (returns True to stop) is checked between steps; a `
 callable receives ``(fraction in 0..1, message)``. On cancellation (``Cancelled``) or any error,
 every node created so far is removed before the exception propagates.
 
-The model package (``LRPSegmentationLib.models.package.ModelPackage``) is used through these
-attributes only: ``build()`` -> torch module, ``sequences`` (input names, model channel order),
-``class_names`` (index 0 = background), ``class_colors`` (RGB 0..1 per class, or None; ``colors``
-is accepted too), ``normalization`` (one method dict, or one per sequence, or None), ``composite``
-(default composite name) and, optionally, ``lrp_composite(name)`` (the composite with the package's
-z^B box bounds) or ``box_low``/``box_high``, and ``size_divisor`` (spatial sizes must be multiples
-of it; default ``2 ** model.depth``). ``reference_sequence``/``patch_size`` are not used yet: the
-network runs on the whole reference grid (sliding windows come later).
+The model is a `models.package.ModelPackage`. The computation itself is the shared pipeline's
+(`pipeline.predict`, `pipeline.explain_input`, `pipeline.composition_input`): the network runs on
+the reference grid, as one patch or as Gaussian-blended sliding windows of the package's patch
+size, padded where the network needs it and cropped back — exactly what the CLI and demo do.
+A GPU out-of-memory error becomes `GPUMemoryError`, whose message offers the CPU.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +37,7 @@ from .imaging import normalize_sequences
 __all__ = [
     "BackgroundJob",
     "Cancelled",
+    "GPUMemoryError",
     "ExplainOutputs",
     "ExplainRequest",
     "ExplainResult",
@@ -70,6 +67,15 @@ COMPOSITION_ATTRIBUTE = "LRPSegmentation.CompositionSequences"
 #: Attributes set on the shares table.
 USED_ATTRIBUTE = "LRPSegmentation.VoxelsUsed"
 EXCLUDED_ATTRIBUTE = "LRPSegmentation.VoxelsExcluded"
+
+
+class GPUMemoryError(RuntimeError):
+    """The GPU ran out of memory; the message says what to try instead."""
+
+
+def _gpu_memory_error(error: Exception) -> GPUMemoryError:
+    return GPUMemoryError(f"the GPU ran out of memory ({error}). Choose device 'cpu' (slower, uses main "
+                          "memory), a smaller region of interest, or a model package with a smaller patch size")
 
 
 class Cancelled(RuntimeError):
@@ -219,45 +225,6 @@ def load_model(package: Any) -> Any:
     return model.float().eval()
 
 
-def _size_divisor(package: Any, model: Any) -> int:
-    divisor = getattr(package, "size_divisor", None)
-    if divisor is None:
-        depth = getattr(model, "depth", None)
-        divisor = 2 ** int(depth) if isinstance(depth, int) else 1
-    return max(1, int(divisor))
-
-
-def _pad_to_multiple(array: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Edge-pad the spatial axes of (C, D, H, W) up to multiples of ``divisor``.
-
-    Returns the padded array and the slices that crop it back (spatial axes only).
-    """
-    spatial = array.shape[1:]
-    padded = [int(math.ceil(n / divisor) * divisor) for n in spatial]
-    crop = tuple(slice(0, n) for n in spatial)
-    if list(spatial) == padded:
-        return array, crop
-    widths = [(0, 0)] + [(0, p - n) for n, p in zip(spatial, padded)]
-    return np.pad(array, widths, mode="edge"), crop
-
-
-def _composite_for(package: Any, composite: str | None, channels: int) -> Any:
-    """A composite name, or a Composite with the package's z^B box bounds when it has them."""
-    from .engine import make_composite
-
-    name = composite or getattr(package, "composite", None) or "epsilon_gamma_box"
-    if callable(getattr(package, "lrp_composite", None)):
-        return package.lrp_composite(name)
-    low, high = getattr(package, "box_low", None), getattr(package, "box_high", None)
-    if low is None or high is None:
-        return name
-    import torch
-
-    low = torch.as_tensor(np.broadcast_to(np.asarray(low, dtype=np.float32), (channels,)).copy())
-    high = torch.as_tensor(np.broadcast_to(np.asarray(high, dtype=np.float32), (channels,)).copy())
-    return make_composite(name, low=low, high=high)
-
-
 def compute_labels(model: Any, inputs: InputStack, package: Any, device: str | None = "auto",
                    cancel: CancelCallback | None = None, progress: ProgressCallback | None = None) -> np.ndarray:
     """The network's label map (argmax over the logits) on the reference grid, uint8/int32 (D, H, W).
@@ -266,26 +233,16 @@ def compute_labels(model: Any, inputs: InputStack, package: Any, device: str | N
     """
     import torch
 
-    from .engine import resolve_device
+    from . import pipeline
 
     _check_cancel(cancel)
     _report(progress, 0.1, "Running the network")
-    array, crop = _pad_to_multiple(inputs.array, _size_divisor(package, model))
-    torch_device = resolve_device(device)
-    parameters = list(model.parameters())
-    original = parameters[0].device if parameters else torch_device
+    x = torch.from_numpy(np.ascontiguousarray(inputs.array))[None]
     try:
-        model.to(torch_device)
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(array))[None].to(torch_device)
-            logits = model(x)
-            if logits.dim() != 5 or logits.shape[0] != 1:
-                raise ValueError(f"the model must return logits (1, K, D, H, W), got {tuple(logits.shape)}")
-            labels = logits[0].argmax(0).cpu().numpy()
-    finally:
-        model.to(original)
+        _, labels = pipeline.predict(model, x, package, device)
+    except torch.cuda.OutOfMemoryError as error:
+        raise _gpu_memory_error(error) from None
     _check_cancel(cancel)
-    labels = labels[crop]
     classes = len(getattr(package, "class_names", None) or [])
     return labels.astype(np.uint8 if max(classes, int(labels.max(initial=0)) + 1) <= 256 else np.int32)
 
@@ -415,34 +372,33 @@ def compute_explanation(request: ExplainRequest, package: Any, model: Any = None
     """
     import torch
 
-    from .engine import DEFAULT_TOLERANCE, explain_region, sequence_composition
+    from . import pipeline
+    from .engine import DEFAULT_TOLERANCE, Target
+    from .engine.region import as_target
 
     _check_cancel(cancel)
     _report(progress, 0.05, "Building the model")
     model = model if model is not None else load_model(package)
-    inputs = request.inputs
-    array, crop = _pad_to_multiple(inputs.array, _size_divisor(package, model))
-    region = np.zeros(array.shape[1:], dtype=bool)
-    region[crop] = request.region
-    x = torch.from_numpy(np.ascontiguousarray(array))[None]
-    composite = _composite_for(package, request.composite, array.shape[0])
+    x = torch.from_numpy(np.ascontiguousarray(request.inputs.array))[None]
+    target = request.target if isinstance(request.target, Target) else as_target(request.target)
     tolerance = DEFAULT_TOLERANCE if request.tolerance is None else request.tolerance
     _check_cancel(cancel)
-
-    _report(progress, 0.15, f"LRP of {request.region_name}")
-    explanation = explain_region(model, x, torch.from_numpy(region), request.target, composite,
-                                 request.device, tolerance)
-    _check_cancel(cancel)
-
-    _report(progress, 0.55, "Sequence composition of every voxel")
-    composition = sequence_composition(model, x, request.target, composite, request.device, tolerance)
+    try:
+        _report(progress, 0.15, f"LRP of {request.region_name}")
+        explanation = pipeline.explain_input(model, x, package, request.region, target, request.composite,
+                                             request.device, tolerance)
+        _check_cancel(cancel)
+        _report(progress, 0.55, "Sequence composition of every voxel")
+        composition = pipeline.composition_input(model, x, package, target, request.composite, request.device,
+                                                 tolerance)
+    except torch.cuda.OutOfMemoryError as error:
+        raise _gpu_memory_error(error) from None
     _check_cancel(cancel)
     _report(progress, 0.9, "Collecting the results")
 
-    spatial = (slice(None),) + crop
     return ExplainResult(
-        relevance=explanation.relevance.detach().cpu().numpy().astype(np.float32)[spatial],
-        composition=composition.detach().cpu().numpy().astype(np.float32)[spatial],
+        relevance=explanation.relevance.detach().cpu().numpy().astype(np.float32),
+        composition=composition.astype(np.float32),
         shares=explanation.sequence_shares.detach().cpu().numpy().astype(np.float64),
         positive_shares=explanation.positive_shares.detach().cpu().numpy().astype(np.float64),
         n_used=int(explanation.n_used),
