@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import outputs, phantom, pipeline
 from .imaging import Geometry

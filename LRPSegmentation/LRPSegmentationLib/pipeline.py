@@ -299,7 +299,7 @@ def write_case_outputs(result: CaseResult, folder: PathLike, package: ModelPacka
     """
     folder = Path(folder)
     case, names = result.case, result.case.sequences
-    planned = [folder / "segmentation.nrrd", folder / "summary.json", folder / "shares.png", folder / "report.txt"]
+    planned = [folder / "segmentation.nrrd", folder / "summary.json", folder / "shares.png"]
     planned += outputs.relevance_paths(folder, names, "composition")
     for region in result.explanations:
         planned += outputs.relevance_paths(folder / outputs.safe_name(region), names)

@@ -4,6 +4,12 @@ Each level is two (3×3×3 convolution → BatchNorm → ReLU) blocks; the encod
 2×2×2 max pooling, the decoder upsamples with 2×2×2 transposed convolutions and concatenates
 the encoder's features (`torch.cat`), and a 1×1×1 convolution maps to the class logits.
 With ``base_channels=32, depth=4`` it has 22.6 M parameters, the size of the seed's model.
+
+``head_bias=False`` removes the bias of the 1×1×1 head. Why it matters for explanations: with a
+head bias a network can learn to call a voxel "tumour" by default, where none of its last features
+fire (the features then detect background). Its tumour logit there is the bias alone, so no LRP
+relevance — of any rule — reaches the input, and the region explanation has nothing to normalize.
+Without the bias, every decision must come from features computed from the input.
 """
 from __future__ import annotations
 
@@ -33,12 +39,13 @@ class UNet3D(nn.Module):
         out_channels: number of classes K.
         base_channels: feature channels of the first level; level k has ``base_channels * 2**k``.
         depth: number of 2× downsamplings. Input D, H, W must be divisible by ``2**depth``.
+        head_bias: whether the final 1×1×1 convolution has a bias (see the module docstring).
 
     Shapes: input (N, C, D, H, W) → logits (N, K, D, H, W).
     """
 
     def __init__(self, in_channels: int = 6, out_channels: int = 2, base_channels: int = 32,
-                 depth: int = 4) -> None:
+                 depth: int = 4, head_bias: bool = True) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
@@ -56,7 +63,7 @@ class UNet3D(nn.Module):
         for k in reversed(range(depth)):
             self.upsamplers.append(nn.ConvTranspose3d(widths[k + 1], widths[k], 2, stride=2))
             self.decoders.append(ConvBlock(2 * widths[k], widths[k]))
-        self.head = nn.Conv3d(widths[0], out_channels, 1)
+        self.head = nn.Conv3d(widths[0], out_channels, 1, bias=head_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
