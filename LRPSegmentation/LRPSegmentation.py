@@ -30,6 +30,8 @@ MINIMUM_SLICER_VERSION = (5, 10)
 TORCH_REQUIREMENT = ">=2.1"
 COMPOSITE_NAMES = ("epsilon_gamma_box", "epsilon", "epsilon_alpha2_beta1", "epsilon_plus_flat")
 INPUT_REFERENCE_ROLE = "InputVolume_"  # + sequence name: node references of the parameter node
+DEMO_MODEL = "Models/demo_unet3d.lrpmodel"  # bundled demo package, relative to Resources/
+REGION_UPDATE_DELAY_MS = 300  # repainting region A: the shares follow after this quiet time
 
 
 #
@@ -52,8 +54,10 @@ class LRPSegmentation(ScriptedLoadableModule):
             "sequence, and each sequence's share of the relevance of region A (table and bar chart). "
             "Select a model package, one volume per sequence the model expects and the reference "
             "volume whose grid the outputs use; press Segment; paint region A with the Segment "
-            "Editor; choose the target class and press Explain. Repainting region A updates the "
-            "table without a new LRP pass. Requires 3D Slicer 5.10 or later and the PyTorch extension."
+            "Editor, or use a shortcut (the predicted class, the lesion under the crosshair, or TP / FN / FP "
+            "against a ground-truth segment); choose the target class and press Explain. Repainting region A "
+            "updates the table and chart at once, without a new LRP pass; the relevance overlay has a colour "
+            "legend. Requires 3D Slicer 5.10 or later and the PyTorch extension."
         )
         self.parent.helpText += self.getDefaultModuleDocumentationLink()
         self.parent.acknowledgementText = _(
@@ -78,6 +82,10 @@ class LRPSegmentationParameterNode:
     referenceVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     regionSegmentId: str = ""
+    predictedSegmentation: vtkMRMLSegmentationNode
+    predictedSegmentId: str = ""
+    truthSegmentation: vtkMRMLSegmentationNode
+    truthSegmentId: str = ""
     targetClass: int = 1
     classVsRest: bool = False
     composite: str = "epsilon_gamma_box"
@@ -104,6 +112,10 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobFinished = None  # main-thread callback(job)
         self._timer = None
         self._updatingGui = False
+        self._regionTimer = None  # single-shot: throttles share updates while region A is repainted
+        self._observedRegionNode = None
+        self._updatingRegion = False
+        self._guessedReference = None  # reference volume picked automatically (a package's choice may replace it)
 
     # ---------------------------------------------------------------- setup
 
@@ -128,6 +140,10 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onPollJob)
+        self._regionTimer = qt.QTimer()
+        self._regionTimer.setSingleShot(True)
+        self._regionTimer.setInterval(REGION_UPDATE_DELAY_MS)
+        self._regionTimer.connect("timeout()", self.onRegionRepainted)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -136,6 +152,13 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.referenceVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtonStates)
         self.ui.regionSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRegionChanged)
         self.ui.regionSegmentSelector.connect("currentSegmentChanged(QString)", self.onRegionChanged)
+        self.ui.predictedSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onShortcutInputsChanged)
+        self.ui.predictedSegmentSelector.connect("currentSegmentChanged(QString)", self.onShortcutInputsChanged)
+        self.ui.truthSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onShortcutInputsChanged)
+        self.ui.truthSegmentSelector.connect("currentSegmentChanged(QString)", self.onShortcutInputsChanged)
+        for button, mode in ((self.ui.predictedRegionButton, "predicted"), (self.ui.thisLesionButton, "lesion"),
+                             (self.ui.errorRegionsButton, "errors")):
+            button.connect("clicked(bool)", lambda checked=False, mode=mode: self.onRegionShortcut(mode))
         self.ui.targetClassComboBox.connect("currentIndexChanged(int)", self.onOptionsChanged)
         self.ui.compositeComboBox.connect("currentIndexChanged(int)", self.onOptionsChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onOptionsChanged)
@@ -146,17 +169,24 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshDeviceButton.connect("clicked(bool)", self.onRefreshDevices)
 
         self.initializeParameterNode()
-        defaultModel = self.logic.defaultModelPath()
+        defaultModel = self.defaultModelPath()
         if defaultModel and not self._parameterNode.modelPath:
             self._parameterNode.modelPath = defaultModel
         self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
         self.onModelPathChanged(self._parameterNode.modelPath)
+
+    def defaultModelPath(self) -> str:
+        """The bundled demo package (Resources/Models/demo_unet3d.lrpmodel) if present, else the logic's pick."""
+        demo = self.resourcePath(DEMO_MODEL)
+        return demo if os.path.exists(demo) else self.logic.defaultModelPath()
 
     def cleanup(self) -> None:
         if self._job is not None:
             self._job.cancel()
         if self._timer is not None:
             self._timer.stop()
+        if self._regionTimer is not None:
+            self._regionTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -171,6 +201,9 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self._job is not None:
             self._job.cancel()
+        self._regionTimer.stop()
+        self._observeRegionSegmentation(None)
+        self.logic.lastOutputs = None  # its nodes are about to go
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -180,9 +213,11 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.referenceVolume:
-            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            volume = self.logic.findReferenceVolume(self._package)  # the package's reference sequence, by name
+            volume = volume or slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if volume:
                 self._parameterNode.referenceVolume = volume
+                self._guessedReference = volume
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -209,9 +244,15 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGui = True
         try:
             parameters = self._parameterNode
-            self.ui.regionSegmentSelector.setCurrentNode(parameters.segmentation)
-            if parameters.regionSegmentId:
-                self.ui.regionSegmentSelector.setCurrentSegmentID(parameters.regionSegmentId)
+            for selector, node, segmentId in (
+                    (self.ui.regionSegmentSelector, parameters.segmentation, parameters.regionSegmentId),
+                    (self.ui.predictedSegmentSelector, parameters.predictedSegmentation,
+                     parameters.predictedSegmentId),
+                    (self.ui.truthSegmentSelector, parameters.truthSegmentation, parameters.truthSegmentId)):
+                selector.setCurrentNode(node)
+                if segmentId:
+                    selector.setCurrentSegmentID(segmentId)
+            self._observeRegionSegmentation(parameters.segmentation)
             self.ui.compositeComboBox.setCurrentText(parameters.composite)
             if self.ui.deviceComboBox.findText(parameters.device) >= 0:
                 self.ui.deviceComboBox.setCurrentText(parameters.device)
@@ -230,6 +271,8 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.targetClass = max(0, self.ui.targetClassComboBox.currentIndex)
             self._parameterNode.composite = self.ui.compositeComboBox.currentText
             self._parameterNode.device = self.ui.deviceComboBox.currentText or "auto"
+        self._selectPredictedSegmentOfTargetClass()
+        self._updateShortcutLabels()
 
     def onRegionChanged(self, *args) -> None:
         if self._updatingGui or not self._parameterNode:
@@ -237,7 +280,58 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.NodeModify(self._parameterNode.parameterNode):  # one Modified event for both
             self._parameterNode.segmentation = self.ui.regionSegmentSelector.currentNode()
             self._parameterNode.regionSegmentId = self.ui.regionSegmentSelector.currentSegmentID() or ""
+        self._observeRegionSegmentation(self.ui.regionSegmentSelector.currentNode())
         self.updateButtonStates()
+        self._scheduleRegionUpdate()  # another segment selected: its shares, if Explain ran
+
+    def onShortcutInputsChanged(self, *args) -> None:
+        if self._updatingGui or not self._parameterNode:
+            return
+        with slicer.util.NodeModify(self._parameterNode.parameterNode):
+            self._parameterNode.predictedSegmentation = self.ui.predictedSegmentSelector.currentNode()
+            self._parameterNode.predictedSegmentId = self.ui.predictedSegmentSelector.currentSegmentID() or ""
+            self._parameterNode.truthSegmentation = self.ui.truthSegmentSelector.currentNode()
+            self._parameterNode.truthSegmentId = self.ui.truthSegmentSelector.currentSegmentID() or ""
+        self.updateButtonStates()
+
+    # ---------------------------------------------------------------- repainting region A
+
+    def _observeRegionSegmentation(self, segmentationNode) -> None:
+        """Watch the region segmentation: any segment change (painting, a shortcut) schedules an update."""
+        if segmentationNode is self._observedRegionNode:
+            return
+        if self._observedRegionNode is not None:
+            for event in (slicer.vtkSegmentation.SegmentModified, slicer.vtkSegmentation.RepresentationModified):
+                self.removeObserver(self._observedRegionNode, event, self.onRegionSegmentationModified)
+        self._observedRegionNode = segmentationNode
+        if segmentationNode is not None:
+            for event in (slicer.vtkSegmentation.SegmentModified, slicer.vtkSegmentation.RepresentationModified):
+                self.addObserver(segmentationNode, event, self.onRegionSegmentationModified)
+
+    def onRegionSegmentationModified(self, caller=None, event=None) -> None:
+        if not self._updatingRegion:
+            self._scheduleRegionUpdate()
+
+    def _scheduleRegionUpdate(self) -> None:
+        """(Re)start the single-shot timer: bursts of paint strokes give one update."""
+        if self._regionTimer is not None and self.logic.lastOutputs is not None and self._job is None:
+            self._regionTimer.start()
+
+    def onRegionRepainted(self) -> None:
+        """Timer: recompute the shares of the selected region A from the stored composition (no LRP)."""
+        segmentation = self.ui.regionSegmentSelector.currentNode()
+        segmentId = self.ui.regionSegmentSelector.currentSegmentID()
+        reference = self.ui.referenceVolumeSelector.currentNode()
+        if self.logic.lastOutputs is None or self._job is not None or not (segmentation and segmentId and reference):
+            return
+        self._updatingRegion = True
+        try:
+            shares = self.logic.updateRegion(segmentation, segmentId, reference)
+            self.ui.statusLabel.text = _("Shares updated for region A ({n} voxels).").format(n=shares[1])
+        except Exception as error:  # e.g. an empty segment while painting: say it, no dialog
+            self.ui.statusLabel.text = _("Shares not updated: {error}").format(error=error)
+        finally:
+            self._updatingRegion = False
 
     def onInputVolumeChanged(self, name, node) -> None:
         if self._updatingGui or not self._parameterNode:
@@ -272,9 +366,16 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.NodeModify(self._parameterNode.parameterNode):
                 if changed:  # a new model: its own default composite
                     self._parameterNode.composite = self._package.composite or COMPOSITE_NAMES[0]
+                reference = self.logic.findReferenceVolume(self._package)
+                current = self._parameterNode.referenceVolume
+                if reference is not None and (changed or not current or current is self._guessedReference):
+                    self._parameterNode.referenceVolume = reference
+                    self._guessedReference = reference
                 if not 0 <= self._parameterNode.targetClass < classes:
                     self._parameterNode.targetClass = min(1, classes - 1)
         self.updateGuiFromParameterNode()
+        self._selectPredictedSegmentOfTargetClass()
+        self._updateShortcutLabels()
         self.updateButtonStates()
 
     def _rebuildInputSelectors(self) -> None:
@@ -329,6 +430,73 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                              _("Missing: {names}").format(names=", ".join(allMissing)))
         self.ui.updateRegionButton.enabled = (not running and not regionMissing and
                                               self.logic.lastOutputs is not None)
+        reference = self.ui.referenceVolumeSelector.currentNode()
+        havePrediction = bool(reference and self.ui.predictedSegmentSelector.currentNode()
+                              and self.ui.predictedSegmentSelector.currentSegmentID())
+        haveTruth = bool(self.ui.truthSegmentSelector.currentNode()
+                         and self.ui.truthSegmentSelector.currentSegmentID())
+        self.ui.predictedRegionButton.enabled = havePrediction and not running
+        self.ui.thisLesionButton.enabled = havePrediction and not running
+        self.ui.errorRegionsButton.enabled = havePrediction and haveTruth and not running
+
+    def _targetClassName(self) -> str:
+        names = getattr(self._package, "class_names", None) or []
+        index = self.ui.targetClassComboBox.currentIndex
+        return names[index] if 0 <= index < len(names) else ""
+
+    def _updateShortcutLabels(self) -> None:
+        className = self._targetClassName() or _("tumour")
+        self.ui.predictedRegionButton.text = _("Predicted {name}").format(name=className)
+
+    def _selectPredictedSegmentOfTargetClass(self) -> None:
+        """In the predicted segmentation, select the segment named after the target class (if any)."""
+        node = self.ui.predictedSegmentSelector.currentNode()
+        className = self._targetClassName()
+        if node is None or not className:
+            return
+        segmentId = node.GetSegmentation().GetSegmentIdBySegmentName(className)
+        if segmentId and segmentId != self.ui.predictedSegmentSelector.currentSegmentID():
+            self.ui.predictedSegmentSelector.setCurrentSegmentID(segmentId)
+
+    # ---------------------------------------------------------------- region A shortcuts
+
+    def onRegionShortcut(self, mode) -> None:
+        """Predicted class / this lesion / TP, FN, FP: write region A into the region segmentation."""
+        with slicer.util.tryWithErrorDisplay(_("Could not create region A."), waitCursor=True):
+            reference = self.ui.referenceVolumeSelector.currentNode()
+            selected = self.ui.regionSegmentSelector.currentNode()
+            regions = self.logic.regionSegmentation(selected, reference)  # a new "LRP regions" if none selected
+            segmentId = None
+            try:
+                segmentId = self._writeShortcut(mode, regions, reference)
+            finally:
+                if selected is None and not segmentId:  # nothing written: drop the segmentation made for it
+                    self.logic.removeNodes([regions])
+            if segmentId:
+                self.ui.regionSegmentSelector.setCurrentNode(regions)
+                self.ui.regionSegmentSelector.setCurrentSegmentID(segmentId)
+                self.onRegionChanged()  # observers, parameter node, and the shares if Explain ran
+
+    def _writeShortcut(self, mode, regions, reference):
+        """The segment ID written, or "" (the status line says why)."""
+        predicted = self.ui.predictedSegmentSelector.currentNode()
+        predictedId = self.ui.predictedSegmentSelector.currentSegmentID()
+        truth = self.ui.truthSegmentSelector.currentNode()
+        truthId = self.ui.truthSegmentSelector.currentSegmentID()
+        if mode == "errors":
+            result = self.logic.createErrorSegments(regions, reference, predicted, predictedId, truth, truthId)
+            self.ui.statusLabel.text = result.message
+            return result.segment_id
+        ras = self.logic.crosshairRAS() if mode == "lesion" else None  # Shift + mouse move places the crosshair
+        try:
+            segmentId = self.logic.createRegionSegment(regions, reference, mode, predicted, predictedId, truth,
+                                                       truthId, ras)
+        except self.logic.EmptyRegionError as error:  # e.g. "no predicted lesion at this point": no dialog
+            self.ui.statusLabel.text = str(error)
+            return ""
+        name = regions.GetSegmentation().GetSegment(segmentId).GetName()
+        self.ui.statusLabel.text = _("Region A: '{name}'.").format(name=name)
+        return segmentId
 
     # ---------------------------------------------------------------- devices
 
@@ -409,8 +577,16 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onRefreshDevices()
             package = self.logic.loadPackage(self._package.path)
             reference = self.ui.referenceVolumeSelector.currentNode()
-            job, finish = self.logic.segmentAsync(self.currentInputNodes(), reference, package,
-                                                  self.ui.deviceComboBox.currentText)
+            job, publish = self.logic.segmentAsync(self.currentInputNodes(), reference, package,
+                                                   self.ui.deviceComboBox.currentText)
+
+            def finish(job):
+                node = publish(job)
+                self.ui.predictedSegmentSelector.setCurrentNode(node)  # the shortcuts use the new prediction
+                self._selectPredictedSegmentOfTargetClass()
+                self.onShortcutInputsChanged()
+                return node
+
             self._startJob(job, finish, _("Segmenting..."))
 
     def onExplainButton(self) -> None:
@@ -453,6 +629,7 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
 
         self._lib = slicer_logic
         self.Cancelled = slicer_logic.Cancelled
+        self.EmptyRegionError = slicer_logic.EmptyRegionError
 
     def getParameterNode(self):
         return LRPSegmentationParameterNode(super().getParameterNode())
@@ -512,12 +689,21 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
     # ---------------------------------------------------------------- model packages
 
     def defaultModelPath(self) -> str:
-        """The demo model package shipped in Resources/Models (first *.lrpmodel folder), or ""."""
+        """The demo model package shipped in Resources/Models: demo_unet3d.lrpmodel, else the first
+        *.lrpmodel folder, or ""."""
         folder = os.path.join(os.path.dirname(__file__), "Resources", "Models")
         if not os.path.isdir(folder):
             return ""
+        demo = os.path.join(os.path.dirname(__file__), "Resources", DEMO_MODEL)
+        if os.path.exists(demo):
+            return demo
         entries = sorted(entry for entry in os.listdir(folder) if entry.endswith(".lrpmodel"))
         return os.path.join(folder, entries[0]) if entries else ""
+
+    def findReferenceVolume(self, package):
+        """The volume named like the package's reference sequence, or None."""
+        name = getattr(package, "reference_sequence", None) if package is not None else None
+        return self._lib.find_volume_by_name(slicer.mrmlScene, name) if name else None
 
     def readPackageInfo(self, path):
         """Sequences and classes from the package's model.json (no torch needed)."""
@@ -566,6 +752,35 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
                                              package, Target(int(targetClass), bool(classVsRest)), composite, device,
                                              progress=progress, cancel=cancel, model=model)
         return self.lastOutputs
+
+    def crosshairRAS(self):
+        """The crosshair position (world RAS), where "This lesion" looks."""
+        return self._lib.crosshair_ras(slicer.mrmlScene)
+
+    def regionSegmentation(self, segmentationNode, referenceNode):
+        """The segmentation for region A: the given one, or a new "LRP regions" on the reference grid."""
+        return self._lib.ensure_region_segmentation(slicer.mrmlScene, segmentationNode, referenceNode)
+
+    @staticmethod
+    def removeNodes(nodes):
+        """Remove nodes with their display and storage nodes."""
+        from LRPSegmentationLib import mrml
+
+        mrml.remove_nodes(slicer.mrmlScene, nodes)
+
+    def createRegionSegment(self, regionSegmentationNode, referenceNode, mode, predictedSegmentationNode,
+                            predictedSegmentId, truthSegmentationNode=None, truthSegmentId=None, rasPoint=None):
+        """Region A shortcut ("predicted", "lesion", "tp", "fn", "fp"); returns the segment ID."""
+        return self._lib.create_region_segment(slicer.mrmlScene, regionSegmentationNode, referenceNode, mode,
+                                               predictedSegmentationNode, predictedSegmentId, truthSegmentationNode,
+                                               truthSegmentId, rasPoint)
+
+    def createErrorSegments(self, regionSegmentationNode, referenceNode, predictedSegmentationNode,
+                            predictedSegmentId, truthSegmentationNode, truthSegmentId):
+        """TP, FN and FP segments (empty ones reported in the result, not created)."""
+        return self._lib.create_error_segments(slicer.mrmlScene, regionSegmentationNode, referenceNode,
+                                               predictedSegmentationNode, predictedSegmentId, truthSegmentationNode,
+                                               truthSegmentId)
 
     def updateRegion(self, segmentationNode, segmentId, referenceNode, outputs=None):
         outputs = outputs or self.lastOutputs
@@ -697,5 +912,16 @@ class LRPSegmentationTest(ScriptedLoadableModuleTest):
         slicer.util.updateSegmentBinaryLabelmapFromArray(mask, regions, segmentId, reference)
         shares, used, excluded = logic.updateRegion(regions, segmentId, reference)
         self.assertAlmostEqual(float(np.sum(shares)), 1.0, places=4)
+        self.assertEqual(used + excluded, int(mask.sum()))
+
+        # Region A shortcut: "this lesion" at a point of the painted box (used as the prediction here).
+        ras = (ijkToRas @ np.array([5.0, 6.0, 2.0, 1.0]))[:3]  # voxel (k, j, i) = (2, 6, 5)
+        lesionId = logic.createRegionSegment(regions, reference, "lesion", regions, segmentId, rasPoint=ras)
+        self.assertEqual(regions.GetSegmentation().GetSegment(lesionId).GetName(), "A: this region A lesion")
+        lesion = slicer.util.arrayFromSegmentBinaryLabelmap(regions, lesionId, reference)
+        self.assertTrue(np.array_equal(lesion != 0, mask != 0))
+        with self.assertRaisesRegex(logic.EmptyRegionError, "no predicted lesion at this point"):
+            logic.createRegionSegment(regions, reference, "lesion", regions, segmentId, rasPoint=(0.0, 0.0, 0.0))
+        shares, used, excluded = logic.updateRegion(regions, lesionId, reference)
         self.assertEqual(used + excluded, int(mask.sum()))
         self.delayDisplay("Test passed")

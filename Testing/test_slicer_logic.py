@@ -425,3 +425,324 @@ def test_the_module_logic_reads_package_info_and_finds_no_default_model(monkeypa
     info = logic.torchInfo()
     assert "PyTorch" in info["text"] and isinstance(info["cuda_devices"], list)
     assert logic.missingInputs([None] * 6, None, SEQUENCES) == [*SEQUENCES, "reference volume"]
+
+
+# ------------------------------------------------------------------------------------ region A shortcuts
+
+CLASS_NAMES = ["background", "tumour"]
+
+
+def shortcut_labels():
+    """Predicted labels with two lesions (lesion 2 has a voxel joined only by a corner: 26-connectivity)
+    and a ground truth inside the prediction (so FN is empty)."""
+    predicted = np.zeros(REFERENCE_SHAPE, np.uint8)
+    predicted[1:3, 1:3, 1:3] = 1  # lesion 1: 8 voxels
+    predicted[5:7, 4:7, 7:10] = 1  # lesion 2: 18 voxels ...
+    predicted[7, 7, 10] = 1  # ... + 1 voxel touching (6, 6, 9) by a corner only
+    truth = np.zeros(REFERENCE_SHAPE, np.uint8)
+    truth[1:3, 1:3, 1:3] = 1
+    truth[5:7, 4:6, 7:10] = 1
+    return predicted, truth
+
+
+def voxel_ras(index):
+    """World RAS of the centre of voxel (k, j, i) of the reference grid."""
+    k, j, i = index
+    return (REFERENCE_IJK_TO_RAS @ np.array([i, j, k, 1.0]))[:3]
+
+
+def segmentation_from_labels(case, labels, name):
+    node = mrml.add_segmentation_from_labels(case.scene, labels, CLASS_NAMES, [(0, 0, 0), (0.9, 0.3, 0.1)],
+                                             case.reference, name)
+    return node, node.GetSegmentation().GetSegmentIdBySegmentName("tumour")
+
+
+@pytest.fixture
+def shortcut_case(case):
+    from LRPSegmentationLib import pipeline
+
+    predicted_labels, truth_labels = shortcut_labels()
+    predicted, predicted_id = segmentation_from_labels(case, predicted_labels, "prediction")
+    truth, truth_id = segmentation_from_labels(case, truth_labels, "ground truth")
+    return types.SimpleNamespace(case=case, scene=case.scene, reference=case.reference, regions=case.segmentation,
+                                 predicted=predicted, predicted_id=predicted_id, truth=truth, truth_id=truth_id,
+                                 predicted_labels=predicted_labels, truth_labels=truth_labels, pipeline=pipeline)
+
+
+def shortcut(c, mode, **kwargs):
+    options = dict(truth_segmentation_node=c.truth, truth_segment_id=c.truth_id)
+    options.update(kwargs)
+    return slicer_logic.create_region_segment(c.scene, c.regions, c.reference, mode, c.predicted, c.predicted_id,
+                                              **options)
+
+
+def test_predicted_shortcut_copies_the_target_class_segment(shortcut_case):
+    c = shortcut_case
+    segment_id = shortcut(c, "predicted")
+    segment = c.regions.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "A: predicted tumour"
+    expected = c.pipeline.select_regions("predicted", c.predicted_labels, 1)["predicted"]
+    np.testing.assert_array_equal(mrml.segment_mask(c.regions, segment_id, c.reference), expected)
+    # region A ("A") is untouched; the prediction itself too.
+    np.testing.assert_array_equal(mrml.segment_mask(c.regions, c.case.segment_id, c.reference), c.case.mask)
+    np.testing.assert_array_equal(mrml.segment_mask(c.predicted, c.predicted_id, c.reference), expected)
+
+
+def test_this_lesion_shortcut_takes_the_26_connected_lesion_at_the_point(shortcut_case):
+    c = shortcut_case
+    lesions = c.pipeline.connected_lesions(c.predicted_labels == 1)
+    assert len(lesions) == 2  # the corner voxel belongs to lesion 2 (26-connectivity)
+    lesion_2 = next(lesion for lesion in lesions if lesion[6, 5, 8])
+    assert lesion_2[7, 7, 10] and lesion_2.sum() == 19
+
+    segment_id = shortcut(c, "lesion", ras_point=voxel_ras((6, 5, 8)))
+    assert c.regions.GetSegmentation().GetSegment(segment_id).GetName() == "A: this tumour lesion"
+    np.testing.assert_array_equal(mrml.segment_mask(c.regions, segment_id, c.reference), lesion_2)
+
+    segments = c.regions.GetSegmentation().GetNumberOfSegments()
+    nodes = c.scene.GetNumberOfNodes()
+    for outside in [(0, 7, 0), (-5, 0, 0)]:  # background voxel; outside the volume
+        with pytest.raises(slicer_logic.EmptyRegionError, match="no predicted lesion at this point"):
+            shortcut(c, "lesion", ras_point=voxel_ras(outside))
+    assert c.regions.GetSegmentation().GetNumberOfSegments() == segments
+    assert c.scene.GetNumberOfNodes() == nodes  # no temporary node left behind
+
+    # Another point (lesion 1): the same segment is replaced, not duplicated.
+    assert shortcut(c, "lesion", ras_point=voxel_ras((1, 2, 1))) == segment_id
+    assert c.regions.GetSegmentation().GetNumberOfSegments() == segments
+    lesion_1 = next(lesion for lesion in lesions if lesion[1, 2, 1])
+    np.testing.assert_array_equal(mrml.segment_mask(c.regions, segment_id, c.reference), lesion_1)
+
+
+def test_ras_point_goes_through_the_reference_parent_transform(shortcut_case):
+    c = shortcut_case
+    transform = c.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 25.0)
+    transform.SetMatrixTransformToParent(matrix)
+    c.reference.SetAndObserveTransformNodeID(transform.GetID())
+    world = voxel_ras((6, 5, 8)) + np.array([25.0, 0.0, 0.0])
+    assert slicer_logic.ras_to_voxel(c.reference, world) == (6, 5, 8)
+    assert slicer_logic.ras_to_voxel(c.reference, voxel_ras((6, 5, 8))) != (6, 5, 8)
+
+
+def test_error_shortcuts_match_select_regions_and_an_empty_fn_is_reported_not_created(shortcut_case):
+    c = shortcut_case
+    result = slicer_logic.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
+                                                c.truth, c.truth_id)
+    assert result.empty == ["fn"] and set(result.segment_ids) == {"tp", "fp"}
+    assert result.voxels["fn"] == 0 and "no FN voxels" in result.message
+    segmentation = c.regions.GetSegmentation()
+    assert not segmentation.GetSegmentIdBySegmentName("A: FN tumour")
+    for mode in ("tp", "fp"):
+        expected = c.pipeline.select_regions(mode, c.predicted_labels, 1, c.truth_labels)[mode]
+        segment_id = result.segment_ids[mode]
+        assert segmentation.GetSegment(segment_id).GetName() == f"A: {mode.upper()} tumour"
+        np.testing.assert_array_equal(mrml.segment_mask(c.regions, segment_id, c.reference), expected)
+        assert result.voxels[mode] == int(expected.sum())
+    assert c.pipeline.select_regions("fn", c.predicted_labels, 1, c.truth_labels) == {}
+
+    # The single-mode call reports the empty FN the same way.
+    segments = segmentation.GetNumberOfSegments()
+    with pytest.raises(slicer_logic.EmptyRegionError, match="no false negatives"):
+        shortcut(c, "fn")
+    assert segmentation.GetNumberOfSegments() == segments
+
+    # Twice: replaced, same IDs, same segment count.
+    again = slicer_logic.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
+                                               c.truth, c.truth_id)
+    assert again.segment_ids == result.segment_ids and segmentation.GetNumberOfSegments() == segments
+
+    # A ground truth with a missed lesion: FN appears; FP (now empty) is removed, not left stale.
+    truth_labels = c.predicted_labels.copy()
+    truth_labels[3:5, 6:8, 0:2] = 1
+    truth, truth_id = segmentation_from_labels(c.case, truth_labels, "ground truth 2")
+    third = slicer_logic.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
+                                               truth, truth_id)
+    assert third.empty == ["fp"] and not segmentation.GetSegmentIdBySegmentName("A: FP tumour")
+    expected_fn = c.pipeline.select_regions("fn", c.predicted_labels, 1, truth_labels)["fn"]
+    np.testing.assert_array_equal(mrml.segment_mask(c.regions, third.segment_ids["fn"], c.reference), expected_fn)
+    assert third.segment_ids["tp"] == result.segment_ids["tp"]
+
+
+def test_each_shortcut_twice_keeps_the_segment_count(shortcut_case):
+    c = shortcut_case
+    point = dict(ras_point=voxel_ras((5, 4, 7)))
+    first = {mode: shortcut(c, mode, **(point if mode == "lesion" else {})) for mode in ("predicted", "lesion", "tp",
+                                                                                          "fp")}
+    count = c.regions.GetSegmentation().GetNumberOfSegments()
+    assert count == 1 + len(first)  # region A + one per shortcut
+    second = {mode: shortcut(c, mode, **(point if mode == "lesion" else {})) for mode in first}
+    assert second == first and c.regions.GetSegmentation().GetNumberOfSegments() == count
+
+
+def test_shortcut_inputs_missing_are_named_errors(shortcut_case):
+    c = shortcut_case
+    with pytest.raises(ValueError, match="no predicted segment selected"):
+        slicer_logic.create_region_segment(c.scene, c.regions, c.reference, "predicted", None, "")
+    with pytest.raises(ValueError, match="no ground-truth segment selected"):
+        shortcut(c, "tp", truth_segmentation_node=None)
+    with pytest.raises(ValueError, match="place the crosshair"):
+        shortcut(c, "lesion")
+    with pytest.raises(ValueError, match="unknown region shortcut"):
+        shortcut(c, "lesions")
+    empty = c.predicted.GetSegmentation().AddEmptySegment("", "nothing")
+    with pytest.raises(slicer_logic.EmptyRegionError, match="the predicted segment 'nothing' is empty"):
+        slicer_logic.create_region_segment(c.scene, c.regions, c.reference, "predicted", c.predicted, empty)
+
+
+def test_shortcut_into_a_new_region_segmentation(shortcut_case):
+    c = shortcut_case
+    regions = slicer_logic.ensure_region_segmentation(c.scene, None, c.reference)
+    assert regions.GetName() == slicer_logic.REGION_SEGMENTATION_NAME
+    segment_id = slicer_logic.create_region_segment(c.scene, regions, c.reference, "predicted", c.predicted,
+                                                    c.predicted_id)
+    np.testing.assert_array_equal(mrml.segment_mask(regions, segment_id, c.reference), c.predicted_labels == 1)
+    assert slicer_logic.ensure_region_segmentation(c.scene, regions, c.reference) is regions
+
+
+def test_update_region_follows_a_shortcut_repaint(shortcut_case):
+    c = shortcut_case
+    outputs = slicer_logic.explain(c.scene, c.case.inputs, c.reference, c.regions, c.case.segment_id,
+                                   make_package(), 1, None, "cpu")
+    composition = torch.from_numpy(slicer_logic.composition_array(outputs.composition_node))
+
+    def check(segment_id):
+        mask = mrml.segment_mask(c.regions, segment_id, c.reference)
+        shares, used, excluded = slicer_logic.update_region(c.scene, outputs, None, c.regions, segment_id,
+                                                            c.reference)
+        expected, expected_used, expected_excluded = engine.region_shares(composition, torch.from_numpy(mask))
+        np.testing.assert_allclose(shares, expected.numpy(), rtol=1e-5, atol=1e-7)
+        assert (used, excluded) == (expected_used, expected_excluded)
+        np.testing.assert_allclose(table_rows(outputs.table_node)[1], expected.numpy(), rtol=1e-5, atol=1e-7)
+        return shares
+
+    lesion_id = shortcut(c, "lesion", ras_point=voxel_ras((6, 5, 8)))
+    lesion_2 = check(lesion_id)
+    assert shortcut(c, "lesion", ras_point=voxel_ras((1, 1, 1))) == lesion_id  # repaint the same segment
+    lesion_1 = check(lesion_id)
+    assert not np.allclose(lesion_1, lesion_2)
+    check(shortcut(c, "predicted"))
+    check(slicer_logic.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
+                                             c.truth, c.truth_id).segment_ids["fp"])
+
+
+# ------------------------------------------------------------------------------------ colour legend
+
+
+def publish_synthetic(case, cancel=None):
+    """publish_explanation on made-up arrays (no LRP pass)."""
+    rng = np.random.default_rng(3)
+    channels = len(SEQUENCES)
+    inputs = slicer_logic.InputStack(np.zeros((channels, *REFERENCE_SHAPE), np.float32), list(SEQUENCES),
+                                     REFERENCE_SHAPE)
+    request = slicer_logic.ExplainRequest(inputs, case.mask, 1, None, "cpu")
+    composition = rng.random((channels, *REFERENCE_SHAPE)).astype(np.float32)
+    composition /= composition.sum(0, keepdims=True)
+    result = slicer_logic.ExplainResult(rng.normal(size=(channels, *REFERENCE_SHAPE)).astype(np.float32) * 1e-3,
+                                        composition, np.full(channels, 1 / channels), np.full(channels, 1 / channels),
+                                        int(case.mask.sum()), 0)
+    return slicer_logic.publish_explanation(case.scene, request, result, case.reference, cancel=cancel)
+
+
+def legend_count(scene):
+    return scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode")
+
+
+def test_publish_without_colour_legend_support_works(case):
+    """slicer-core's headless scene has no colour legend node class: publishing skips the legend."""
+    outputs = publish_synthetic(case)
+    assert len(outputs.relevance_nodes) == len(SEQUENCES)
+    assert legend_count(case.scene) == 0
+    for node in outputs.relevance_nodes:
+        assert node.GetNumberOfDisplayNodes() == 1
+
+
+def test_publish_adds_a_colour_legend_where_the_colors_logic_offers_one(case, monkeypatch):
+    calls = []
+
+    class DesktopColorLogic:  # what vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode does
+        def AddDefaultColorLegendDisplayNode(self, node):
+            calls.append(node.GetID())
+            legend = slicer.vtkMRMLColorLegendDisplayNode()
+            node.GetScene().AddNode(legend)
+            legend.SetAndObservePrimaryDisplayNode(node.GetDisplayNode())
+            node.AddAndObserveDisplayNodeID(legend.GetID())
+            return legend
+
+    monkeypatch.setattr(slicer.modules, "colors", types.SimpleNamespace(logic=DesktopColorLogic))
+    nodes = case.scene.GetNumberOfNodes()
+    outputs = publish_synthetic(case)
+    assert calls == [node.GetID() for node in outputs.relevance_nodes]
+    assert legend_count(case.scene) == len(SEQUENCES)
+    legend = outputs.relevance_nodes[0].GetNthDisplayNode(1)
+    assert legend.IsA("vtkMRMLColorLegendDisplayNode") and legend.GetTitleText() == "Relevance"
+    # Removing the outputs (Cancel's path) takes the legends with them.
+    mrml.remove_output_folder(case.scene, outputs.folder_item_id)
+    assert legend_count(case.scene) == 0
+    assert case.scene.GetNumberOfNodes() == nodes + 1  # the shared colour table stays
+
+    class BrokenColorLogic:
+        def AddDefaultColorLegendDisplayNode(self, node):
+            raise RuntimeError("no legend here")
+
+    monkeypatch.setattr(slicer.modules, "colors", types.SimpleNamespace(logic=BrokenColorLogic))
+    assert len(publish_synthetic(case).relevance_nodes) == len(SEQUENCES)
+
+
+# ------------------------------------------------------------------------------------ reference volume by name
+
+
+def test_find_volume_by_name_for_the_reference_sequence(case):
+    assert slicer_logic.find_volume_by_name(case.scene, "T1 pre") is case.reference
+    assert slicer_logic.find_volume_by_name(case.scene, "t1 PRE") is case.reference
+    assert slicer_logic.find_volume_by_name(case.scene, "T1-arterial") is case.inputs[1]
+    assert slicer_logic.find_volume_by_name(case.scene, "T1-15min") is None
+    assert slicer_logic.find_volume_by_name(case.scene, None) is None
+    add_volume(np.zeros(REFERENCE_SHAPE), REFERENCE_IJK_TO_RAS, "T1_pre")
+    add_volume(np.zeros(REFERENCE_SHAPE), REFERENCE_IJK_TO_RAS, "T1-pre")
+    assert slicer_logic.find_volume_by_name(case.scene, "T1 pre") is case.reference  # exact wins
+    assert slicer_logic.find_volume_by_name(case.scene, "t1.pre") is None  # ambiguous
+
+
+def test_shortcuts_fire_the_events_the_module_observes_and_update_region_fires_none(shortcut_case):
+    """The widget restarts its 300 ms timer on SegmentModified / RepresentationModified of the region
+    segmentation node; update_region must not fire them itself (no feedback loop)."""
+    c = shortcut_case
+    outputs = publish_synthetic(c.case)
+    events = []
+    tags = [c.regions.AddObserver(event, lambda caller, event_name: events.append(event_name))
+            for event in (slicer.vtkSegmentation.SegmentModified, slicer.vtkSegmentation.RepresentationModified)]
+    try:
+        segment_id = shortcut(c, "predicted")
+        assert events, "a shortcut repaint must notify the observers of the segmentation node"
+        events.clear()
+        shortcut(c, "predicted")  # replacing fires them too
+        assert events
+        events.clear()
+        slicer_logic.update_region(c.scene, outputs, None, c.regions, segment_id, c.reference)
+        assert events == []
+    finally:
+        for tag in tags:
+            c.regions.RemoveObserver(tag)
+
+
+def test_crosshair_ras_reads_the_crosshair_node(mrml_scene):
+    crosshair = mrml_scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+    if crosshair is None:  # the desktop app has one singleton; the headless scene may not
+        crosshair = mrml_scene.AddNewNodeByClass("vtkMRMLCrosshairNode")
+    crosshair.SetCrosshairRAS(1.5, -2.0, 30.0)
+    assert slicer_logic.crosshair_ras(mrml_scene) == (1.5, -2.0, 30.0)
+
+
+def test_the_module_logic_prefers_the_bundled_demo_and_finds_the_reference_volume(case, monkeypatch):
+    module = _import_module_with_qt_stubbed(monkeypatch)
+    logic = module.LRPSegmentationLogic()
+    real_exists = module.os.path.exists
+    monkeypatch.setattr(module.os.path, "exists",
+                        lambda path: str(path).endswith("demo_unet3d.lrpmodel") or real_exists(path))
+    assert Path(logic.defaultModelPath()).parts[-3:] == ("Resources", "Models", "demo_unet3d.lrpmodel")
+    monkeypatch.setattr(module.os.path, "exists", real_exists)
+    assert logic.findReferenceVolume(types.SimpleNamespace(reference_sequence="T1 arterial")) is case.inputs[1]
+    assert logic.findReferenceVolume(types.SimpleNamespace(reference_sequence=None)) is None
+    assert logic.findReferenceVolume(None) is None

@@ -12,6 +12,12 @@ Every long operation is split in three phases so the module can keep Slicer resp
 3. ``publish_*`` (main thread, writes MRML): the output nodes, all inside one subject-hierarchy
    folder beside the reference volume.
 
+Region A shortcuts (main thread, MRML only, no torch): ``create_region_segment`` writes the
+predicted target class, the predicted lesion at an RAS point, or TP / FN / FP against a ground-truth
+segment as a segment of the region segmentation (``create_error_segments`` does all three);
+``update_region`` then recomputes the shares for it from the stored composition. ``publish_explanation``
+adds a colour legend to the relevance volumes where the application offers one (``add_color_legends``).
+
 ``segment`` and ``explain`` run the three phases one after the other (what tests and scripts
 use). A ``cancel`` callable (returns True to stop) is checked between steps; a ``progress``
 callable receives ``(fraction in 0..1, message)``. On cancellation (``Cancelled``) or any error,
@@ -43,7 +49,16 @@ __all__ = [
     "ExplainResult",
     "InputStack",
     "COMPOSITION_ATTRIBUTE",
+    "EmptyRegionError",
+    "REGION_SHORTCUTS",
+    "RegionSegments",
+    "add_color_legends",
     "check_inputs",
+    "create_error_segments",
+    "create_region_segment",
+    "crosshair_ras",
+    "ensure_region_segmentation",
+    "find_volume_by_name",
     "compute_explanation",
     "compute_labels",
     "composition_array",
@@ -55,6 +70,7 @@ __all__ = [
     "publish_explanation",
     "publish_segmentation",
     "region_mask",
+    "region_shortcut_mask",
     "segment",
     "update_region",
 ]
@@ -435,6 +451,7 @@ def publish_explanation(scene: Any, request: ExplainRequest, result: ExplainResu
         _check_cancel(cancel)
         if show and relevance_nodes:
             mrml.set_foreground_overlay(scene, reference_node, relevance_nodes[0], 0.5)
+            add_color_legends(relevance_nodes, "Relevance")
     except BaseException:
         mrml.remove_output_folder(scene, folder)
         if not color_table_existed:
@@ -550,6 +567,394 @@ def _add_composition_volume(scene: Any, composition: np.ndarray, names: Sequence
 def _set_table_counts(table_node: Any, n_used: int, n_excluded: int) -> None:
     table_node.SetAttribute(USED_ATTRIBUTE, str(int(n_used)))
     table_node.SetAttribute(EXCLUDED_ATTRIBUTE, str(int(n_excluded)))
+
+
+# --------------------------------------------------------------------------------------------
+# Colour legend (main thread)
+# --------------------------------------------------------------------------------------------
+
+COLOR_LEGEND_NODE_CLASS = "vtkMRMLColorLegendDisplayNode"
+
+
+def add_color_legends(nodes: Sequence[Any], title: str = "Relevance") -> list[Any]:
+    """A colour legend (colour bar) for each displayable node, where the application supports it.
+
+    Uses the Colors module logic's ``AddDefaultColorLegendDisplayNode`` (desktop Slicer), else the
+    static ``vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode`` when the scene knows the legend
+    node class; otherwise (e.g. a bare slicer-core scene) nothing happens. Never raises: a legend is
+    a convenience, the outputs must be published without it. The legend nodes are display nodes of
+    ``nodes``, so removing a node (``mrml.remove_nodes``) removes its legend too.
+
+    Returns:
+        The legend display nodes created (or already present); empty when unsupported.
+    """
+    import logging
+
+    import slicer
+
+    add = None
+    modules = getattr(slicer, "modules", None)
+    colors = getattr(modules, "colors", None)
+    try:
+        color_logic = colors.logic() if colors is not None else None
+    except Exception:  # noqa: BLE001 - no Colors module: try the static call below
+        color_logic = None
+    add = getattr(color_logic, "AddDefaultColorLegendDisplayNode", None)
+    legends = []
+    for node in nodes:
+        if node is None or node.GetScene() is None:
+            continue
+        adder = add
+        if adder is None:
+            slicer_color_logic = getattr(slicer, "vtkSlicerColorLogic", None)
+            if slicer_color_logic is None or not node.GetScene().IsNodeClassRegistered(COLOR_LEGEND_NODE_CLASS):
+                continue
+            adder = getattr(slicer_color_logic, "AddDefaultColorLegendDisplayNode", None)
+            if adder is None:
+                continue
+        try:
+            legend = adder(node)
+        except Exception:  # noqa: BLE001 - skip silently, see the docstring
+            logging.debug("could not add a colour legend to %s", node.GetName(), exc_info=True)
+            continue
+        if legend is None:
+            continue
+        if hasattr(legend, "SetTitleText"):
+            legend.SetTitleText(title)
+        if hasattr(legend, "SetLabelFormat"):
+            legend.SetLabelFormat("%.2g")  # relevance values are small: "%.1f" would show 0.0 everywhere
+        legends.append(legend)
+    return legends
+
+
+# --------------------------------------------------------------------------------------------
+# Region A shortcuts (main thread): predicted class, one lesion, TP / FN / FP
+# --------------------------------------------------------------------------------------------
+
+#: Region A shortcut modes of ``create_region_segment``.
+REGION_SHORTCUTS = ("predicted", "lesion", "tp", "fn", "fp")
+#: Default name of the segmentation node the shortcuts write into when none is selected.
+REGION_SEGMENTATION_NAME = "LRP regions"
+_ERROR_MODES = ("tp", "fn", "fp")
+_SHORTCUT_COLORS = {"lesion": (0.95, 0.75, 0.1), "tp": (0.2, 0.8, 0.25), "fn": (0.2, 0.45, 1.0),
+                    "fp": (1.0, 0.2, 0.2)}
+_ERROR_DESCRIPTIONS = {"tp": "true positives", "fn": "false negatives", "fp": "false positives"}
+
+
+class EmptyRegionError(ValueError):
+    """The region a shortcut asked for has no voxels; no segment was created."""
+
+
+@dataclass
+class RegionSegments:
+    """What ``create_error_segments`` did.
+
+    Attributes:
+        segmentation_node: the region segmentation.
+        segment_ids: mode ("tp", "fn", "fp") -> ID of the segment created or replaced.
+        empty: the modes whose region is empty: no segment (an older one of that name is removed).
+        voxels: mode -> number of voxels (0 for the empty ones).
+    """
+
+    segmentation_node: Any
+    segment_ids: dict[str, str]
+    empty: list[str]
+    voxels: dict[str, int]
+
+    @property
+    def segment_id(self) -> str:
+        """The first segment created (TP, else FN, else FP), or "" if all were empty."""
+        return next(iter(self.segment_ids.values()), "")
+
+    @property
+    def message(self) -> str:
+        parts = [f"{mode.upper()}: {self.voxels[mode]} voxels" for mode in self.segment_ids]
+        if self.empty:
+            parts.append("no " + ", ".join(mode.upper() for mode in self.empty) + " voxels (no segment created)")
+        return "; ".join(parts) + "."
+
+
+def region_segment_name(mode: str, class_name: str) -> str:
+    """The segment name each shortcut writes (an existing segment of that name is replaced)."""
+    if mode == "predicted":
+        return f"A: predicted {class_name}"
+    if mode == "lesion":
+        return f"A: this {class_name} lesion"
+    if mode in _ERROR_MODES:
+        return f"A: {mode.upper()} {class_name}"
+    raise ValueError(f"unknown region shortcut {mode!r}; choose one of {', '.join(REGION_SHORTCUTS)}")
+
+
+def ensure_region_segmentation(scene: Any, segmentation_node: Any, reference_node: Any,
+                               name: str = REGION_SEGMENTATION_NAME) -> Any:
+    """The segmentation that holds region A: ``segmentation_node``, or a new one on the reference grid.
+
+    A segmentation without reference geometry gets the reference volume's.
+    """
+    import slicer
+
+    mrml._require_volume(reference_node, "reference volume")
+    if segmentation_node is None:
+        segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        segmentation_node.CreateDefaultDisplayNodes()
+        segmentation_node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
+    parameter = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    if not segmentation_node.GetSegmentation().GetConversionParameter(parameter):
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+    return segmentation_node
+
+
+def ras_to_voxel(reference_node: Any, ras_point: Sequence[float]) -> tuple[int, int, int] | None:
+    """The (k, j, i) array index of the reference voxel containing a world RAS point, or None outside.
+
+    The reference volume's parent transform is applied (world -> volume RAS), like Slicer's views.
+    """
+    import vtk
+
+    point = [float(value) for value in ras_point][:3]
+    if len(point) != 3:
+        raise ValueError(f"an RAS point needs 3 coordinates, got {list(ras_point)}")
+    transform_node = reference_node.GetParentTransformNode()
+    if transform_node is not None:
+        world_to_local = vtk.vtkGeneralTransform()
+        transform_node.GetTransformFromWorld(world_to_local)
+        point = list(world_to_local.TransformPoint(point))
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    reference_node.GetRASToIJKMatrix(ras_to_ijk)
+    ijk = ras_to_ijk.MultiplyPoint([*point, 1.0])[:3]
+    index = tuple(int(np.floor(value + 0.5)) for value in reversed(ijk))  # (k, j, i)
+    shape = mrml.volume_shape(reference_node)
+    if not all(0 <= n < size for n, size in zip(index, shape)):
+        return None
+    return index  # type: ignore[return-value]
+
+
+def connected_component_at(mask: np.ndarray, index: Sequence[int]) -> np.ndarray:
+    """The 26-connected component of ``mask`` that contains voxel ``index`` (all False if not in it).
+
+    Same components as ``pipeline.connected_lesions`` (SimpleITK, full connectivity), without torch.
+    """
+    import SimpleITK as sitk
+
+    mask = np.asarray(mask, dtype=bool)
+    index = tuple(int(n) for n in index)
+    if not mask[index]:
+        return np.zeros(mask.shape, dtype=bool)
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    return labels == labels[index]
+
+
+def region_shortcut_mask(mode: str, predicted: np.ndarray, truth: np.ndarray | None = None,
+                         index: Sequence[int] | None = None) -> np.ndarray:
+    """The region A mask of a shortcut, from the predicted (and ground-truth) target-class masks.
+
+    ``predicted``: "predicted"; ``lesion``: the 26-connected component of ``predicted`` holding voxel
+    ``index``; ``tp``/``fn``/``fp``: ``predicted & truth`` / ``truth & ~predicted`` / ``predicted & ~truth``
+    (the regions of ``pipeline.select_regions``). May be empty; the callers decide.
+    """
+    predicted = np.asarray(predicted, dtype=bool)
+    if mode == "predicted":
+        return predicted.copy()
+    if mode == "lesion":
+        if index is None:
+            raise ValueError("the 'lesion' shortcut needs a point")
+        return connected_component_at(predicted, index)
+    if mode in _ERROR_MODES:
+        if truth is None:
+            raise ValueError(f"the '{mode.upper()}' region needs a ground-truth segment")
+        truth = np.asarray(truth, dtype=bool)
+        if truth.shape != predicted.shape:
+            raise ValueError(f"the ground truth has shape {truth.shape}, the prediction {predicted.shape}")
+        return {"tp": predicted & truth, "fn": truth & ~predicted, "fp": predicted & ~truth}[mode]
+    raise ValueError(f"unknown region shortcut {mode!r}; choose one of {', '.join(REGION_SHORTCUTS)}")
+
+
+def _segment_name(segmentation_node: Any, segment_id: str) -> str:
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    return segment.GetName() if segment is not None else str(segment_id)
+
+
+def _shortcut_inputs(region_segmentation_node: Any, reference_node: Any, predicted_segmentation_node: Any,
+                     predicted_segment_id: str) -> tuple[np.ndarray, str, tuple[float, float, float]]:
+    """The predicted target-class mask on the reference grid, the class name and the segment colour."""
+    if region_segmentation_node is None:
+        raise ValueError("no segmentation selected for region A: select or create one")
+    mrml._require_volume(reference_node, "reference volume")
+    if predicted_segmentation_node is None or not predicted_segment_id:
+        raise ValueError("no predicted segment selected: press Segment first, or select the predicted "
+                         "segmentation and its target-class segment")
+    segment = predicted_segmentation_node.GetSegmentation().GetSegment(predicted_segment_id)
+    if segment is None:
+        raise ValueError(f"segment '{predicted_segment_id}' is not in '{predicted_segmentation_node.GetName()}'")
+    predicted = mrml.segment_mask(predicted_segmentation_node, predicted_segment_id, reference_node)
+    return predicted, segment.GetName(), tuple(float(c) for c in segment.GetColor())
+
+
+def _truth_mask(truth_segmentation_node: Any, truth_segment_id: str | None, reference_node: Any) -> np.ndarray:
+    if truth_segmentation_node is None or not truth_segment_id:
+        raise ValueError("no ground-truth segment selected: select the reference (ground-truth) segment for "
+                         "TP / FN / FP")
+    return mrml.segment_mask(truth_segmentation_node, truth_segment_id, reference_node)
+
+
+def write_region_segment(segmentation_node: Any, name: str, mask: np.ndarray, reference_node: Any,
+                         color: Sequence[float] | None = None) -> str:
+    """Write a boolean mask (reference grid) as the segment ``name``; returns its ID.
+
+    An existing segment of that name is overwritten in place (same ID, colour kept), not duplicated;
+    other segments are untouched, even where they overlap. Only the segmentation's own scene is
+    used, and no temporary node is left behind.
+    """
+    import slicer
+    import vtk
+    from slicer.util import updateVolumeFromArray
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != mrml.volume_shape(reference_node):
+        raise ValueError(f"the mask has shape {mask.shape}, the reference volume {mrml.volume_shape(reference_node)}")
+    if not mask.any():
+        raise EmptyRegionError(f"the region '{name}' is empty")
+    segmentation = segmentation_node.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName(name)
+    created = not segment_id
+    if created:
+        segment_id = segmentation.AddEmptySegment("", name, [float(c) for c in (color or (1.0, 1.0, 0.0))])
+    scene = segmentation_node.GetScene()
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__LRP temporary region__")
+    try:
+        labelmap.CopyOrientation(reference_node)
+        labelmap.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
+        updateVolumeFromArray(labelmap, mask.astype(np.uint8))
+        segment_ids = vtk.vtkStringArray()
+        segment_ids.InsertNextValue(segment_id)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node,
+                                                                                       segment_ids):
+            raise RuntimeError(f"Slicer could not write the segment '{name}'")
+    except BaseException:
+        if created:
+            segmentation.RemoveSegment(segment_id)
+        raise
+    finally:
+        display_node = labelmap.GetDisplayNode()
+        mrml.remove_nodes(scene, [labelmap, display_node.GetColorNode() if display_node is not None else None])
+    return segment_id
+
+
+def _remove_segment_named(segmentation_node: Any, name: str) -> bool:
+    segmentation = segmentation_node.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName(name)
+    if segment_id:
+        segmentation.RemoveSegment(segment_id)
+    return bool(segment_id)
+
+
+def create_region_segment(scene: Any, region_segmentation_node: Any, reference_node: Any, mode: str,
+                          predicted_segmentation_node: Any, predicted_segment_id: str,
+                          truth_segmentation_node: Any = None, truth_segment_id: str | None = None,
+                          ras_point: Sequence[float] | None = None) -> str:
+    """Region A in one click: write a shortcut's region as a segment of the region segmentation.
+
+    Modes (segment names from ``region_segment_name``; ``<class>`` = the predicted segment's name):
+
+    * ``"predicted"`` -> "A: predicted <class>": the predicted target-class segment, copied;
+    * ``"lesion"`` -> "A: this <class> lesion": the 26-connected component of the predicted segment
+      that contains ``ras_point`` (world RAS, e.g. the crosshair);
+    * ``"tp"`` / ``"fn"`` / ``"fp"`` -> "A: TP <class>" ...: against the ground-truth segment.
+
+    All masks are computed on the reference volume's grid. An existing segment of the same name is
+    replaced (same segment ID), never duplicated. ``scene`` is the scene of the nodes (kept for the
+    symmetry with the other phases; the segmentation's own scene is used).
+
+    Returns:
+        The segment ID.
+
+    Raises:
+        EmptyRegionError (a ValueError): the region is empty -- "no predicted lesion at this point",
+            "the predicted segment 'X' is empty", "no false negatives ..."; no segment is created (an
+            older TP/FN/FP segment of that name is removed, as it no longer holds).
+        ValueError: missing inputs (the message says which).
+    """
+    if mode not in REGION_SHORTCUTS:
+        raise ValueError(f"unknown region shortcut {mode!r}; choose one of {', '.join(REGION_SHORTCUTS)}")
+    predicted, class_name, color = _shortcut_inputs(region_segmentation_node, reference_node,
+                                                    predicted_segmentation_node, predicted_segment_id)
+    name = region_segment_name(mode, class_name)
+    truth = index = None
+    if mode == "lesion":
+        if ras_point is None:
+            raise ValueError("no point given: place the crosshair on a predicted lesion")
+        index = ras_to_voxel(reference_node, ras_point)
+        if index is None or not predicted[index]:
+            raise EmptyRegionError("no predicted lesion at this point")
+    elif mode in _ERROR_MODES:
+        truth = _truth_mask(truth_segmentation_node, truth_segment_id, reference_node)
+    mask = region_shortcut_mask(mode, predicted, truth, index)
+    if not mask.any():
+        if mode in _ERROR_MODES:
+            _remove_segment_named(region_segmentation_node, name)
+            raise EmptyRegionError(f"no {_ERROR_DESCRIPTIONS[mode]}: the {mode.upper()} region of '{class_name}' "
+                                   "is empty (no segment created)")
+        raise EmptyRegionError(f"the predicted segment '{class_name}' is empty: nothing was predicted for this class")
+    ensure_region_segmentation(scene, region_segmentation_node, reference_node)
+    return write_region_segment(region_segmentation_node, name, mask, reference_node,
+                                color if mode == "predicted" else _SHORTCUT_COLORS[mode])
+
+
+def create_error_segments(scene: Any, region_segmentation_node: Any, reference_node: Any,
+                          predicted_segmentation_node: Any, predicted_segment_id: str,
+                          truth_segmentation_node: Any, truth_segment_id: str) -> RegionSegments:
+    """TP, FN and FP against the ground truth, one segment each ("A: TP <class>", ...).
+
+    Empty ones are reported in ``RegionSegments.empty`` and not created (an older segment of that
+    name is removed); existing ones are replaced. Raises ValueError for missing inputs only.
+    """
+    predicted, class_name, _ = _shortcut_inputs(region_segmentation_node, reference_node,
+                                                predicted_segmentation_node, predicted_segment_id)
+    truth = _truth_mask(truth_segmentation_node, truth_segment_id, reference_node)
+    ensure_region_segmentation(scene, region_segmentation_node, reference_node)
+    result = RegionSegments(region_segmentation_node, {}, [], {})
+    for mode in _ERROR_MODES:
+        mask = region_shortcut_mask(mode, predicted, truth)
+        name = region_segment_name(mode, class_name)
+        result.voxels[mode] = int(mask.sum())
+        if mask.any():
+            result.segment_ids[mode] = write_region_segment(region_segmentation_node, name, mask, reference_node,
+                                                            _SHORTCUT_COLORS[mode])
+        else:
+            _remove_segment_named(region_segmentation_node, name)
+            result.empty.append(mode)
+    return result
+
+
+def crosshair_ras(scene: Any) -> tuple[float, float, float]:
+    """The crosshair position in world RAS (Shift + mouse move in a view places it)."""
+    crosshair = scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+    if crosshair is None:
+        raise ValueError("no crosshair in this scene: place it with Shift + mouse move over a view")
+    return tuple(float(value) for value in crosshair.GetCrosshairRAS())
+
+
+def find_volume_by_name(scene: Any, name: str | None, class_name: str = "vtkMRMLScalarVolumeNode") -> Any:
+    """The volume whose name matches ``name`` (e.g. a package's reference sequence), or None.
+
+    Exact name first, then case-insensitive, then ignoring everything but letters and digits
+    ("T1-20s" = "t1_20s"); label maps are skipped. Ambiguous fuzzy matches give None.
+    """
+    import re
+
+    if not name:
+        return None
+    nodes = [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
+    nodes = [node for node in nodes if node is not None and not node.IsA("vtkMRMLLabelMapVolumeNode")]
+
+    def simplified(text: str) -> str:
+        return re.sub(r"[^0-9a-z]", "", text.lower())
+
+    for key in (lambda text: text, str.lower, simplified):
+        matches = [node for node in nodes if key(node.GetName() or "") == key(name)]
+        if len(matches) >= 1 and (key is not simplified or len(matches) == 1):
+            return matches[0]
+    return None
 
 
 # --------------------------------------------------------------------------------------------
