@@ -69,6 +69,15 @@ def test_training_mode_and_target_range(case):
         explain_voxel(model, x, (8, 0, 0), device="cpu")
 
 
+def test_tolerance_must_be_a_positive_fraction(case):
+    model, x, region = case
+    for bad in (0.0, -1e-3, 1.0, "1e-3"):
+        with pytest.raises(ValueError, match=r"tolerance must be a fraction in \(0, 1\)"):
+            explain_region(model, x, region, tolerance=bad, device="cpu")
+        with pytest.raises(ValueError, match="tolerance must be"):
+            sequence_composition(model, x, tolerance=bad, device="cpu")
+
+
 def test_unknown_composite_and_half_precision(case):
     model, x, region = case
     with pytest.raises(ValueError, match="unknown composite 'lrp'.*epsilon_gamma_box"):

@@ -178,6 +178,14 @@ def check_region(region, spatial: torch.Size, device: torch.device) -> torch.Ten
     return region.to(device)
 
 
+def check_tolerance(tolerance: float) -> float:
+    """``tolerance`` must be a fraction in (0, 1): with 0, voxels whose map sums to exactly zero
+    would be divided by zero."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0.0 < tolerance < 1.0:
+        raise ValueError(f"tolerance must be a fraction in (0, 1) (e.g. {DEFAULT_TOLERANCE:g}), got {tolerance!r}")
+    return float(tolerance)
+
+
 @dataclass
 class _Normalization:
     """Per output voxel: numerator n = c⊙y (1, K, ...), total s_a, and which voxels are usable."""
@@ -195,7 +203,7 @@ def _normalization(graph: Graph, coefficients: torch.Tensor, tolerance: float) -
     total = (numerator * v).sum(1)[0]
     scale = numerator.abs().sum(1)[0]
     conservation = torch.where(scale > 0, total / torch.where(scale > 0, scale, 1.0), torch.zeros_like(total))
-    valid = (scale > 0) & (conservation.abs() >= tolerance)
+    valid = (scale > 0) & (total != 0) & (conservation.abs() >= tolerance)
     return _Normalization(numerator, total, valid, conservation)
 
 
@@ -256,6 +264,7 @@ def explain_region(model: nn.Module, x: torch.Tensor, region, target: int | Targ
             or every region voxel excluded.
     """
     target = as_target(target)
+    tolerance = check_tolerance(tolerance)
     with compute_context(model, x, device) as x_dev:
         graph = prepare_graph(model, x_dev, composite)
         y = graph.logits
@@ -300,6 +309,7 @@ def sequence_composition(model: nn.Module, x: torch.Tensor, target: int | Target
         `region_shares(composition, A)` — exactly those of `explain_region` — with no new pass.
     """
     target = as_target(target)
+    tolerance = check_tolerance(tolerance)
     with compute_context(model, x, device) as x_dev:
         graph = prepare_graph(model, x_dev, composite)
         y = graph.logits

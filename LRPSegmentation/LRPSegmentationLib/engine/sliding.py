@@ -37,8 +37,8 @@ from torch import nn
 
 from .composites import Composite, resolve_composite
 from .graph import Graph
-from .region import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, RegionExplanation, Target, check_region, as_target,
-                     compute_context, prepare_graph)
+from .region import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, RegionExplanation, Target, as_target, check_region,
+                     check_tolerance, compute_context, prepare_graph)
 
 #: Smallest Gaussian importance (relative to the centre). Like MONAI's clamp: every voxel of a patch
 #: keeps a positive weight, so every voxel of the volume has a positive total weight.
@@ -159,12 +159,6 @@ class _Blend:
         return self.importance / self.weight_sum[self.slices(start)]
 
 
-def _check_tolerance(tolerance: float) -> float:
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0.0 <= tolerance < 1.0:
-        raise ValueError(f"tolerance must be a fraction in [0, 1) (e.g. {DEFAULT_TOLERANCE:g}), got {tolerance!r}")
-    return float(tolerance)
-
-
 def _check_patch_output(logits: torch.Tensor, patch: tuple[int, int, int], batch: int = 1) -> None:
     if logits.dim() != 5 or logits.shape[0] != batch or tuple(logits.shape[2:]) != patch:
         raise ValueError(f"on a patch of size {patch} the model returned logits of shape {tuple(logits.shape)}; "
@@ -272,7 +266,7 @@ def sliding_explain_region(model: nn.Module, x: torch.Tensor, region, target: in
             region, NaN/Inf input, training mode, target out of range, every region voxel excluded.
     """
     target = as_target(target)
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_tolerance(tolerance)
     with compute_context(model, x, device) as x_dev:
         spatial = tuple(x_dev.shape[2:])
         blend = _Blend(spatial, patch_size, overlap, sigma_scale, x_dev.dtype, x_dev.device)
@@ -364,7 +358,7 @@ def sliding_sequence_composition(model: nn.Module, x: torch.Tensor, target: int 
         `sliding_explain_region` for any A, with no new pass.
     """
     target = as_target(target)
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_tolerance(tolerance)
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
     with compute_context(model, x, device) as x_dev:
