@@ -76,10 +76,12 @@ CLASS_NAMES: tuple[str, ...] = ("background", "tumour")
 """Output channels of the demo model."""
 
 DEMO_ARCHITECTURE: dict[str, int] = {"in_channels": 6, "out_channels": 2, "base_channels": 8,
-                                     "depth": 3, "head_bias": False}
+                                     "depth": 3, "head_bias": False, "activation": "leaky_relu"}
 """``UNet3D`` keyword arguments of the demo model. No head bias: a first model trained with one
 called tumour by default where its last features were silent (the features detected background),
-so 93 % of its tumour voxels had logits from the bias alone and nothing for LRP to explain."""
+so 93 % of its tumour voxels had logits from the bias alone and nothing for LRP to explain. Without
+the bias but with ReLU, training stalled with silent features at tumour voxels (Dice 0); LeakyReLU
+keeps a gradient there."""
 
 DEMO_SHAPE: tuple[int, int, int] = (32, 96, 96)
 """Phantom grid (D, H, W) the demo model is trained on (spacing ``phantom.default_spacing``:
@@ -263,6 +265,7 @@ def train_demo_model(n_train_cases: int = _DEFAULTS["n_train_cases"],
                      base_channels: int = DEMO_ARCHITECTURE["base_channels"],
                      depth: int = DEMO_ARCHITECTURE["depth"],
                      head_bias: bool = DEMO_ARCHITECTURE["head_bias"],
+                     activation: str = DEMO_ARCHITECTURE["activation"],
                      tumour_weight: float = _DEFAULTS["tumour_weight"],
                      shape: Sequence[int] = DEMO_SHAPE,
                      contrast: Mapping[str, Sequence[float]] | None = None,
@@ -318,13 +321,14 @@ def train_demo_model(n_train_cases: int = _DEFAULTS["n_train_cases"],
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = UNet3D(in_channels=6, out_channels=2, base_channels=base_channels, depth=depth,
-                   head_bias=head_bias).to(device)
+                   head_bias=head_bias, activation=activation).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1))))
     history = TrainingHistory(train_seeds=train_seeds, val_seeds=val_seeds, config={
         "n_train_cases": n_train_cases, "n_val_cases": n_val_cases, "steps": steps,
-        "base_channels": base_channels, "depth": depth, "head_bias": head_bias, "tumour_weight": tumour_weight,
+        "base_channels": base_channels, "depth": depth, "head_bias": head_bias, "activation": activation,
+        "tumour_weight": tumour_weight,
         "shape": list(shape), "patch": list(patch),
         "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "flip": flip,
         "loss": "cross-entropy + soft Dice (tumour)", "optimizer": "Adam, cosine decay to 2 %",
@@ -389,7 +393,8 @@ def package_model(model: UNet3D, history: TrainingHistory | None = None,
                      "held_out_dice_mean": round(float(np.mean(final)), 4) if final else None})
     kwargs = {"in_channels": model.encoders[0][0].in_channels, "out_channels": model.head.out_channels,
               "base_channels": model.encoders[0][0].out_channels, "depth": model.depth,
-              "head_bias": model.head.bias is not None}
+              "head_bias": model.head.bias is not None,
+              "activation": "leaky_relu" if isinstance(model.encoders[0][2], torch.nn.LeakyReLU) else "relu"}
     variant = f", lesion contrast only in {', '.join(contrast_sequences)}" if contrast_sequences else ""
     return create_package(
         model, "unet3d", kwargs, phantom.SEQUENCES, normalization=DEMO_NORMALIZATION, class_names=CLASS_NAMES,

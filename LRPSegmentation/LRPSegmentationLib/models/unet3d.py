@@ -9,7 +9,9 @@ With ``base_channels=32, depth=4`` it has 22.6 M parameters, the size of the see
 head bias a network can learn to call a voxel "tumour" by default, where none of its last features
 fire (the features then detect background). Its tumour logit there is the bias alone, so no LRP
 relevance — of any rule — reaches the input, and the region explanation has nothing to normalize.
-Without the bias, every decision must come from features computed from the input.
+Without the bias, every decision must come from features computed from the input. With ReLU, a
+network trained that way can still get stuck with silent (dead) features at tumour voxels, tied
+logits and no gradient to leave them; ``activation="leaky_relu"`` keeps a gradient there.
 """
 from __future__ import annotations
 
@@ -17,17 +19,25 @@ import torch
 from torch import nn
 
 
-class ConvBlock(nn.Sequential):
-    """Two (Conv3d 3×3×3 → BatchNorm3d → ReLU) layers; spatial size is kept."""
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.01, inplace=True)
+    raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {name!r}")
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+
+class ConvBlock(nn.Sequential):
+    """Two (Conv3d 3×3×3 → BatchNorm3d → activation) layers; spatial size is kept."""
+
+    def __init__(self, in_channels: int, out_channels: int, activation: str = "relu") -> None:
         super().__init__(
             nn.Conv3d(in_channels, out_channels, 3, padding=1),
             nn.BatchNorm3d(out_channels),
-            nn.ReLU(inplace=True),
+            _activation(activation),
             nn.Conv3d(out_channels, out_channels, 3, padding=1),
             nn.BatchNorm3d(out_channels),
-            nn.ReLU(inplace=True),
+            _activation(activation),
         )
 
 
@@ -40,12 +50,13 @@ class UNet3D(nn.Module):
         base_channels: feature channels of the first level; level k has ``base_channels * 2**k``.
         depth: number of 2× downsamplings. Input D, H, W must be divisible by ``2**depth``.
         head_bias: whether the final 1×1×1 convolution has a bias (see the module docstring).
+        activation: "relu" (the seed's) or "leaky_relu" (slope 0.01).
 
     Shapes: input (N, C, D, H, W) → logits (N, K, D, H, W).
     """
 
     def __init__(self, in_channels: int = 6, out_channels: int = 2, base_channels: int = 32,
-                 depth: int = 4, head_bias: bool = True) -> None:
+                 depth: int = 4, head_bias: bool = True, activation: str = "relu") -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
@@ -54,15 +65,15 @@ class UNet3D(nn.Module):
         self.encoders = nn.ModuleList()
         previous = in_channels
         for width in widths[:-1]:
-            self.encoders.append(ConvBlock(previous, width))
+            self.encoders.append(ConvBlock(previous, width, activation))
             previous = width
         self.pool = nn.MaxPool3d(2)  # one module, called at every level
-        self.bottleneck = ConvBlock(widths[-2], widths[-1])
+        self.bottleneck = ConvBlock(widths[-2], widths[-1], activation)
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for k in reversed(range(depth)):
             self.upsamplers.append(nn.ConvTranspose3d(widths[k + 1], widths[k], 2, stride=2))
-            self.decoders.append(ConvBlock(2 * widths[k], widths[k]))
+            self.decoders.append(ConvBlock(2 * widths[k], widths[k], activation))
         self.head = nn.Conv3d(widths[0], out_channels, 1, bias=head_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
