@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import outputs, phantom, pipeline
+from . import evaluation, outputs, phantom, pipeline
 from .imaging import Geometry
 from .models.package import load_package
 
@@ -28,13 +28,17 @@ DEMO_MODEL = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "dem
 DEMO_SEED = 9001
 
 
-def phantom_case(seed: int, shape: tuple[int, int, int], name: str | None = None, **options) -> pipeline.Case:
+def case_from_phantom(generated: phantom.PhantomCase, name: str | None = None) -> pipeline.Case:
     """A phantom case as a pipeline `Case` (images on their own grid, tumour as reference label)."""
-    generated = phantom.generate_case(seed, shape=shape, **options)
-    images, label = generated.to_sitk()
-    return pipeline.Case(name or f"phantom-{seed}", generated.images.astype(np.float32),
+    images, _ = generated.to_sitk()
+    return pipeline.Case(name or f"phantom-{generated.seed}", generated.images.astype(np.float32),
                          Geometry.from_image(images[-1]), list(generated.sequences),
                          generated.tumour.astype(np.uint8))
+
+
+def phantom_case(seed: int, shape: tuple[int, int, int], name: str | None = None, **options) -> pipeline.Case:
+    """`case_from_phantom` of ``phantom.generate_case(seed, shape=shape, **options)``."""
+    return case_from_phantom(phantom.generate_case(seed, shape=shape, **options), name)
 
 
 def report(result: pipeline.CaseResult, dice: float) -> str:
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     model = package.build()
     bar.update()
     shape = tuple(package.training_info.get("phantom_shape", package.patch_size))
-    case = phantom_case(args.seed, shape)
+    generated = phantom.generate_case(args.seed, shape=shape)
+    case = case_from_phantom(generated)
     bar.update()
 
     def progress(message: str) -> None:
@@ -113,12 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     bar.close()
-    dice = float(2 * (result.labels.astype(bool) & truth).sum() / max(1, result.labels.astype(bool).sum() + truth.sum()))
-    text = report(result, dice)
+    text = report(result, evaluation.dice(result.labels == result.target.index, truth))
     print(text)
     lesion_table = phantom.CONTRAST_TABLE
     print("\nphantom lesion contrast vs liver (the truth the shares can be compared with):")
-    for lesion in {l.lesion_type for l in phantom.generate_case(args.seed, shape=shape).lesions}:
+    for lesion in sorted({lesion.lesion_type for lesion in generated.lesions}):
         ratios = np.array(lesion_table[lesion]) / np.array(lesion_table["liver"])
         print(f"  {lesion:<11}" + "".join(f"{r:>10.2f}" for r in ratios))
     print(f"\noutputs in {args.output.resolve()} ({time.time() - start:.0f} s)")

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from . import phantom
+from .evaluation import dice  # noqa: F401  (part of this module's API)
 from .imaging import normalize_sequences
 from .models import ModelPackage, UNet3D, create_package
 
@@ -189,21 +190,6 @@ def soft_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float 
     intersection = (probability * truth).sum()
     soft_dice = (2 * intersection + smooth) / (probability.sum() + truth.sum() + smooth)
     return ce + (1 - soft_dice)
-
-
-def dice(prediction, truth) -> float:
-    """Dice coefficient 2|P∩T| / (|P| + |T|) of two boolean masks (arrays or tensors).
-
-    Both empty gives 1.0 (perfect agreement on "no tumour").
-    """
-    p = np.asarray(prediction.cpu() if isinstance(prediction, torch.Tensor) else prediction).astype(bool)
-    t = np.asarray(truth.cpu() if isinstance(truth, torch.Tensor) else truth).astype(bool)
-    if p.shape != t.shape:
-        raise ValueError(f"prediction shape {p.shape} != truth shape {t.shape}")
-    total = int(p.sum()) + int(t.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int((p & t).sum()) / total
 
 
 @torch.no_grad()
