@@ -42,6 +42,12 @@ class LinearLayer:
         out = x * weight.view(shape)
         return out if bias is None else out + bias.view(shape)
 
+    def shape_bias(self, bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A bias (out,) shaped to broadcast against this layer's output ``like``."""
+        if self.kind == "dense":
+            return bias
+        return bias.view((1, -1) + (1,) * (like.dim() - 2))
+
     def adjoint(self, s: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
         """A'ᵀ s: the transpose of the modified map, giving a tensor of the layer input's shape.
 

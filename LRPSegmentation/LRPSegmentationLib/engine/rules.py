@@ -133,24 +133,26 @@ class AlphaBeta(Rule):
 class Gamma(Rule):
     """Generalized LRP-γ (Zennit's form, valid for signed inputs): the weights that agree with the
     sign of the output are boosted by γ. For outputs z > 0 the contributions x⁺(W + γW⁺) and
-    x⁻(W + γW⁻) are used, for z < 0 x⁺(W + γW⁻) and x⁻(W + γW⁺)."""
+    x⁻(W + γW⁻) are used, for z < 0 x⁺(W + γW⁻) and x⁻(W + γW⁺).
+
+    Computed with two convolutions for the denominators and three per pass instead of Zennit's four,
+    using W⁺ + W⁻ = W: the "agreeing" part P = W⁺x⁺ + W⁻x⁻ and the "disagreeing" part
+    Q = W⁻x⁺ + W⁺x⁻ add up to W x (known from the forward pass), so each pass needs W and P
+    (likewise for the transposes).
+    """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
         self.gamma, self.stabilizer = gamma, stabilizer
 
-    def _weights(self, layer):
-        w, b = layer.weight, layer.bias
-        boost_pos = w + self.gamma * _pos(w)
-        boost_neg = w + self.gamma * _neg(w)
-        bias_pos = None if b is None else b + self.gamma * _pos(b)
-        bias_neg = None if b is None else b + self.gamma * _neg(b)
-        return boost_pos, boost_neg, bias_pos, bias_neg
-
     def prepare(self, layer, x, z):
-        boost_pos, boost_neg, bias_pos, bias_neg = self._weights(layer)
+        w, b, gamma = layer.weight, layer.bias, self.gamma
         x_pos, x_neg = _pos(x), _neg(x)
-        d_pos = layer.apply(x_pos, boost_pos, bias_pos) + layer.apply(x_neg, boost_neg)
-        d_neg = layer.apply(x_pos, boost_neg, bias_neg) + layer.apply(x_neg, boost_pos)
+        agreeing = layer.apply(x_pos, _pos(w)) + layer.apply(x_neg, _neg(w))
+        wx = z if b is None else z - layer.shape_bias(b, z)  # W x, from the forward pass
+        bias_pos = 0.0 if b is None else layer.shape_bias(b + gamma * _pos(b), wx)
+        bias_neg = 0.0 if b is None else layer.shape_bias(b + gamma * _neg(b), wx)
+        d_pos = wx + gamma * agreeing + bias_pos           # z > 0: x⁺(W + γW⁺) + x⁻(W + γW⁻) + b + γb⁺
+        d_neg = wx + gamma * (wx - agreeing) + bias_neg    # z < 0: x⁺(W + γW⁻) + x⁻(W + γW⁺) + b + γb⁻
         positive = z > 0
         # The masks are disjoint, so one tensor holds both inverse denominators.
         inv_d = torch.where(positive, 1.0 / stabilize(d_pos, self.stabilizer),
@@ -159,19 +161,21 @@ class Gamma(Rule):
 
     def relevance(self, layer, state, r):
         x, inv_d, positive = state
-        boost_pos, boost_neg, _, _ = self._weights(layer)
+        w = layer.weight
         s = r * inv_d
         s_pos, s_neg = s * positive, s * ~positive
-        adj = layer.adjoint
-        return (_pos(x) * (adj(s_pos, boost_pos, x.shape) + adj(s_neg, boost_neg, x.shape))
-                + _neg(x) * (adj(s_pos, boost_neg, x.shape) + adj(s_neg, boost_pos, x.shape)))
+        ws = layer.adjoint(s, w, x.shape)
+        agreeing = layer.adjoint(s_pos, _pos(w), x.shape) + layer.adjoint(s_neg, _neg(w), x.shape)
+        # x⁺ ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻) + x⁻ ⊙ (G⁻ᵀs⁺ + G⁺ᵀs⁻), with G^± = W + γW^±
+        return x * ws + self.gamma * (_pos(x) * agreeing + _neg(x) * (ws - agreeing))
 
     def transpose(self, layer, state, v):
         x, inv_d, positive = state
-        boost_pos, boost_neg, _, _ = self._weights(layer)
-        xv_pos, xv_neg = _pos(x) * v, _neg(x) * v
-        out_pos = layer.apply(xv_pos, boost_pos) + layer.apply(xv_neg, boost_neg)
-        out_neg = layer.apply(xv_pos, boost_neg) + layer.apply(xv_neg, boost_pos)
+        w = layer.weight
+        wxv = layer.apply(x * v, w)
+        agreeing = layer.apply(_pos(x) * v, _pos(w)) + layer.apply(_neg(x) * v, _neg(w))
+        out_pos = wxv + self.gamma * agreeing
+        out_neg = wxv + self.gamma * (wxv - agreeing)
         return torch.where(positive, out_pos, out_neg) * inv_d
 
 
