@@ -20,6 +20,7 @@ Both are linear in their argument, and both accept a batch of vectors (dim 0).
 """
 from __future__ import annotations
 
+import abc
 import itertools
 from typing import Any, Callable
 
@@ -43,7 +44,7 @@ _TAG = "_lrp_trace"  # attribute on traced tensors: (tracer id, node index) or (
 # --------------------------------------------------------------------------------------------
 # Nodes
 # --------------------------------------------------------------------------------------------
-class Node:
+class Node(abc.ABC):
     """One operation of the traced graph. ``inputs`` are indices of the nodes producing the traced
     operands (node 0 is the model input). Constants (weights, biases, untraced tensors) live in the
     node. Subclasses define the LRP semantics."""
@@ -58,19 +59,29 @@ class Node:
     def prepare(self, values: list, index: int, composite: Composite) -> None:
         """Keep what `relevance`/`transpose` need; ``values[i]`` are forward outputs."""
 
+    @abc.abstractmethod
     def transpose(self, v_in: list[torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """Carry v forward: from the inputs' v (one per input) to this node's output."""
 
+    @abc.abstractmethod
     def relevance(self, r: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """Map this node's output relevance to one relevance tensor per input."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, inputs={self.inputs})"
 
 
 class InputNode(Node):
+    """The model input (node 0): not an operation, so the passes start after it."""
+
     def __init__(self) -> None:
         super().__init__((), "input")
+
+    def transpose(self, v_in):
+        raise RuntimeError("the input node is where the transposed pass starts, not an operation")
+
+    def relevance(self, r):
+        raise RuntimeError("the input node is where the LRP pass ends, not an operation")
 
 
 class LayerNode(Node):
@@ -232,15 +243,6 @@ class MaxPoolNode(Node):
         out = r.new_zeros(shape).flatten(2)
         idx = self.indices.flatten(2).expand(r.shape[0], -1, -1)
         return [out.scatter_add_(2, idx, r.flatten(2)).view(shape)]
-
-
-class AffineNode(Node):
-    """A per-channel affine map from a normalization, before canonization decides its fate: folded
-    into the preceding layer, or kept as a layer of kind "affine"."""
-
-    def __init__(self, inputs, name, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        super().__init__(inputs, name)
-        self.scale, self.shift = scale, shift
 
 
 # --------------------------------------------------------------------------------------------

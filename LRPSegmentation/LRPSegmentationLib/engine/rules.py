@@ -17,6 +17,7 @@ Batch dimensions: x and z have batch 1; r and v may have any batch B (broadcast 
 """
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -37,20 +38,23 @@ def _neg(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.clamp(max=0)
 
 
-class Rule:
+class Rule(abc.ABC):
     """Base class. ``input_aware`` is False for rules that ignore the layer input (flat, w²):
     at the first layer they spread relevance uniformly over the input sequences."""
 
     input_aware = True
 
+    @abc.abstractmethod
     def prepare(self, layer: LinearLayer, x: torch.Tensor, z: torch.Tensor) -> Any:
-        raise NotImplementedError
+        """State for the passes, from the layer input x and output z = A x + b (batch 1)."""
 
+    @abc.abstractmethod
     def relevance(self, layer: LinearLayer, state: Any, r: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Input relevance from output relevance r."""
 
+    @abc.abstractmethod
     def transpose(self, layer: LinearLayer, state: Any, v: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The transpose of `relevance`: carries v from the layer input to its output."""
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, torch.Tensor))
