@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from . import figures, outputs
+from . import outputs
 from .engine import (DEFAULT_TOLERANCE, RegionExplanation, Target, explain_region, region_shares, sequence_composition,
                      sliding_explain_region, sliding_sequence_composition, sliding_window_logits)
 from .imaging import Geometry, find_case_files, normalize_sequences, read_image, read_sequences, resample_to_reference
@@ -297,6 +297,8 @@ def write_case_outputs(result: CaseResult, folder: PathLike, package: ModelPacka
     Returns a summary dict (also written as ``summary.json``). Existing files are never replaced
     unless ``overwrite`` (checked for every path before anything is written).
     """
+    from . import figures  # matplotlib only where figures are written (not needed inside 3D Slicer)
+
     folder = Path(folder)
     case, names = result.case, result.case.sequences
     planned = [folder / "segmentation.nrrd", folder / "summary.json", folder / "shares.png"]
