@@ -150,17 +150,20 @@ class Gamma(Rule):
 
     def prepare(self, layer, x, z):
         w, b, gamma = layer.weight, layer.bias, self.gamma
-        x_pos, x_neg = _pos(x), _neg(x)
-        agreeing = layer.apply(x_pos, _pos(w)) + layer.apply(x_neg, _neg(w))
-        wx = z if b is None else z - layer.shape_bias(b, z)  # W x, from the forward pass
-        bias_pos = 0.0 if b is None else layer.shape_bias(b + gamma * _pos(b), wx)
-        bias_neg = 0.0 if b is None else layer.shape_bias(b + gamma * _neg(b), wx)
-        d_pos = wx + gamma * agreeing + bias_pos           # z > 0: x⁺(W + γW⁺) + x⁻(W + γW⁻) + b + γb⁺
-        d_neg = wx + gamma * (wx - agreeing) + bias_neg    # z < 0: x⁺(W + γW⁻) + x⁻(W + γW⁺) + b + γb⁻
+        agreeing = layer.apply(_pos(x), _pos(w))
+        agreeing += layer.apply(_neg(x), _neg(w))
+        wx = z.clone() if b is None else z - layer.shape_bias(b, z)  # W x, from the forward pass
+        # In place where the tensors are ours: this runs once per layer at full resolution.
+        d_pos = torch.add(wx, agreeing, alpha=gamma)              # x⁺(W + γW⁺) + x⁻(W + γW⁻)
+        d_neg = wx.mul_(1 + gamma).sub_(agreeing, alpha=gamma)    # x⁺(W + γW⁻) + x⁻(W + γW⁺)
+        del agreeing
+        if b is not None:
+            d_pos += layer.shape_bias(b + gamma * _pos(b), z)     # + b + γb⁺
+            d_neg += layer.shape_bias(b + gamma * _neg(b), z)     # + b + γb⁻
         positive = z > 0
         # The masks are disjoint, so one tensor holds both inverse denominators.
-        inv_d = torch.where(positive, 1.0 / stabilize(d_pos, self.stabilizer),
-                            (z < 0).to(z.dtype) / stabilize(d_neg, self.stabilizer))
+        inv_d = torch.where(positive, stabilize(d_pos, self.stabilizer).reciprocal_(),
+                            stabilize(d_neg, self.stabilizer).reciprocal_().mul_(z < 0))
         return x, inv_d, positive
 
     def relevance(self, layer, state, r):
