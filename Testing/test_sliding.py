@@ -246,3 +246,24 @@ def test_bad_input_is_rejected_with_a_fix(model, volume):
         sliding_explain_region(model, volume, region, 1, patch_size=(6, 8, 8), device="cpu")
     with pytest.raises(ValueError, match="model failed"):
         sliding_window_logits(model, volume, (6, 8, 8), device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(volume):
+    """Patches run on the GPU, the blend and the result stay on the CPU: same numbers as on the CPU."""
+    gpu_model = seed_unet(base=4, depth=2).float()
+    for module in gpu_model.modules():  # see test_engine_exactness.test_cuda_matches_cpu: biases
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):  # would absorb the score
+            torch.nn.init.zeros_(module.bias)
+    x = volume.float()
+    region = torch.zeros(VOLUME, dtype=torch.bool)
+    region[3:8, 2:7, 4:10] = True
+    for composite in ("epsilon", "epsilon_gamma_box"):
+        cpu = sliding_explain_region(gpu_model, x, region, 1, composite, patch_size=PATCH, device="cpu")
+        gpu = sliding_explain_region(gpu_model, x, region, 1, composite, patch_size=PATCH, device="cuda")
+        assert gpu.relevance.device.type == "cpu"
+        assert (gpu.n_used, gpu.n_excluded) == (cpu.n_used, cpu.n_excluded)
+        assert relative_error(gpu.relevance, cpu.relevance) <= 1e-4
+        logits_cpu = sliding_window_logits(gpu_model, x, patch_size=PATCH, device="cpu")
+        logits_gpu = sliding_window_logits(gpu_model, x, patch_size=PATCH, device="cuda")
+        assert relative_error(logits_gpu, logits_cpu) <= 1e-5
