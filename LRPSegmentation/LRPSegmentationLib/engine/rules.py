@@ -168,22 +168,27 @@ class Gamma(Rule):
 
     def relevance(self, layer, state, r):
         x, inv_d, positive = state
-        w = layer.weight
+        w, gamma = layer.weight, self.gamma
+        # x⁺ ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻) + x⁻ ⊙ (G⁻ᵀs⁺ + G⁺ᵀs⁻) with G^± = W + γW^± and A = W⁺ᵀs⁺ + W⁻ᵀs⁻
+        # is Wᵀs ⊙ (x + γx⁻) + γ|x| ⊙ A. In place on fresh tensors: few input-sized temporaries.
         s = r * inv_d
-        s_pos, s_neg = s * positive, s * ~positive
-        ws = layer.adjoint(s, w, x.shape)
-        agreeing = layer.adjoint(s_pos, _pos(w), x.shape) + layer.adjoint(s_neg, _neg(w), x.shape)
-        # x⁺ ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻) + x⁻ ⊙ (G⁻ᵀs⁺ + G⁺ᵀs⁻), with G^± = W + γW^±
-        return x * ws + self.gamma * (_pos(x) * agreeing + _neg(x) * (ws - agreeing))
+        s_pos = s * positive
+        out = layer.adjoint(s, w, x.shape)
+        agreeing = layer.adjoint(s_pos, _pos(w), x.shape)
+        agreeing += layer.adjoint(s.sub_(s_pos), _neg(w), x.shape)  # s becomes s⁻
+        del s, s_pos
+        out.mul_(_neg(x).mul_(gamma).add_(x))
+        return out.addcmul_(x.abs(), agreeing, value=gamma)
 
     def transpose(self, layer, state, v):
         x, inv_d, positive = state
-        w = layer.weight
-        wxv = layer.apply(x * v, w)
-        agreeing = layer.apply(_pos(x) * v, _pos(w)) + layer.apply(_neg(x) * v, _neg(w))
-        out_pos = wxv + self.gamma * agreeing
-        out_neg = wxv + self.gamma * (wxv - agreeing)
-        return torch.where(positive, out_pos, out_neg) * inv_d
+        w, gamma = layer.weight, self.gamma
+        out = layer.apply(x * v, w)                                         # W (x v)
+        agreeing = layer.apply(_pos(x) * v, _pos(w))  # v may be a batch, x is not
+        agreeing += layer.apply(_neg(x) * v, _neg(w))                   # P (x v)
+        # z > 0: W xv + γP;  z ≤ 0: W xv + γ(W xv − P)
+        out.add_(torch.where(positive, agreeing, out - agreeing), alpha=gamma)
+        return out.mul_(inv_d)
 
 
 class ZBox(Rule):
