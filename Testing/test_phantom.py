@@ -16,6 +16,7 @@ from LRPSegmentationLib.phantom import (
     default_spacing,
     generate_case,
     generate_dataset,
+    with_unrelated_sequences,
 )
 
 CLEAN = dict(noise=0.0, bias_field=0.0, misregistration_mm=0.0, partial_volume_sigma=0.0)
@@ -151,6 +152,31 @@ def test_contrast_only_in_keeps_listed_sequences_and_copies_liver_elsewhere():
                 assert values[index] == CONTRAST_TABLE["liver"][index]
     # The default table is left untouched.
     assert CONTRAST_TABLE["HCC"][SEQUENCES.index("T1-15min")] != CONTRAST_TABLE["liver"][-1]
+
+
+def test_unrelated_sequences_come_from_the_donor_and_the_labels_stay():
+    keep = ["T2", "T1-20s"]
+    case, donor = generate_case(41), generate_case(42)
+    before = case.images.copy()
+    control = with_unrelated_sequences(case, keep, donor)
+    np.testing.assert_array_equal(case.images, before)  # the input is not modified
+    for index, name in enumerate(SEQUENCES):
+        source = case if name in keep else donor
+        np.testing.assert_array_equal(control.images[index], source.images[index])
+        np.testing.assert_array_equal(control.shifts_mm[index], source.shifts_mm[index])
+    for labels in ("tumour", "liver", "body", "vessels", "lesion_labels", "tissue"):
+        np.testing.assert_array_equal(getattr(control, labels), getattr(case, labels))
+    # The donor's anatomy differs, so a replaced sequence says nothing about this case's tumour.
+    assert (case.tumour != donor.tumour).any()
+
+
+@pytest.mark.parametrize("keep, donor_seed, message", [
+    ("T2", 42, "single string"), (["T3"], 42, "unknown sequence"), (["T2"], 41, "another seed")])
+def test_unrelated_sequences_reject_bad_input(keep, donor_seed, message):
+    with pytest.raises(ValueError, match=message):
+        with_unrelated_sequences(generate_case(41), keep, generate_case(donor_seed))
+    with pytest.raises(ValueError, match="same grid"):
+        with_unrelated_sequences(generate_case(41), ["T2"], generate_case(42, shape=(16, 64, 64)))
 
 
 def test_lesions_visible_only_in_t2_under_contrast_only_in_t2():

@@ -91,3 +91,37 @@ def test_shipped_demo_model_segments_fresh_cases():
     # Measured on the shipped model (2-core CPU): 0.912, 0.970, 0.946; held-out seeds 5000-5007:
     # mean 0.949 (model.json training_info). The margin allows for another torch build.
     assert np.mean(scores) > 0.88 and min(scores) > 0.8, scores
+
+
+def test_information_control_cases_and_package_record(tmp_path):
+    keep = ["T2", "T1-20s"]
+    case = training.phantom_training_case(1000, (16, 32, 32), information_only_in=keep)
+    options = dict(shape=(16, 32, 32), contrast=phantom.contrast_only_in(keep))
+    own = phantom.generate_case(1000, **options)
+    donor = phantom.generate_case(1000 + training.DONOR_SEED_OFFSET, **options)
+    for index, name in enumerate(phantom.SEQUENCES):
+        np.testing.assert_array_equal(case.images[index], (own if name in keep else donor).images[index])
+    np.testing.assert_array_equal(case.tumour, own.tumour)
+
+    model, history = training.train_demo_model(steps=2, seed=1, information_only_in=keep, **TINY)
+    package = load_package(training.package_model(model, history, name="control").save(tmp_path / "c.lrpmodel"))
+    info = package.training_info
+    assert info["information_only_in"] == keep and info["contrast_sequences"] == keep
+    assert "with_unrelated_sequences" in info["phantom_contrast"]
+    assert info["training"]["information_only_in"] == keep
+
+
+def test_randomized_channels_are_redrawn_and_the_others_kept():
+    data = training.prepare_cases([1000, 1001], (16, 32, 32))
+    patch = data[0][0][:, :, :16, :16]
+    before = patch.clone()
+    draws = [training._randomize_channels(patch, [1, 3], data, torch.Generator().manual_seed(k)) for k in range(12)]
+    assert torch.equal(patch, before)  # the training data is not modified
+    again = training._randomize_channels(patch, [1, 3], data, torch.Generator().manual_seed(5))
+    assert torch.equal(again, draws[5])  # reproducible
+    kept = [0, 2, 4, 5]
+    assert all(torch.equal(d[kept], patch[kept]) for d in draws)
+    changed = [not torch.equal(d[c], patch[c]) for d in draws for c in (1, 3)]
+    assert 8 <= sum(changed) < 24  # redrawn in about 3/4 of the draws, kept in the rest
+    x, y = training._sample_batch(data, 4, (16, 16, 16), torch.Generator().manual_seed(3), True, [1, 3])
+    assert x.shape == (4, 6, 16, 16, 16) and y.shape == (4, 16, 16, 16)

@@ -28,7 +28,7 @@ table, noise, bias or shift settings: variants of one seed differ only in what w
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
@@ -46,6 +46,7 @@ __all__ = [
     "PhantomCase",
     "contrast_only_in",
     "default_spacing",
+    "with_unrelated_sequences",
     "generate_case",
     "generate_dataset",
 ]
@@ -257,6 +258,43 @@ def contrast_only_in(sequences: Sequence[str],
             for sequence, value, liver_value in zip(SEQUENCES, values, liver))
         for name, values in table.items()
     }
+
+
+def with_unrelated_sequences(case: PhantomCase, keep: Sequence[str], donor: PhantomCase) -> PhantomCase:
+    """The information control: ``case`` with every sequence not in ``keep`` taken from ``donor``.
+
+    :func:`contrast_only_in` removes the lesions' contrast from the other sequences but leaves
+    them showing this patient's liver, vessels and body, which a network may use as context (to
+    know where the liver is) — so relevance there can be right. Here the other sequences come
+    from an unrelated case (another seed: other anatomy, lesions, bias field and noise): they are
+    still realistic images, but carry no information about this case's labels. A network trained
+    on such cases can only use ``keep``; any relevance elsewhere is the explanation's error.
+
+    Args:
+        case: the case whose labels (tumour, liver, ...) and ``keep`` sequences are kept.
+        keep: names from :data:`SEQUENCES` to keep from ``case``.
+        donor: a case on the same grid (same shape and spacing), drawn from another seed.
+
+    Returns:
+        A new :class:`PhantomCase` (the inputs are not modified).
+    """
+    if isinstance(keep, str):
+        raise ValueError(f"keep must be a list of sequence names such as [{keep!r}], not a single string")
+    unknown = [name for name in keep if name not in case.sequences]
+    if unknown:
+        raise ValueError(f"unknown sequence name(s) {unknown}; choose from {list(case.sequences)}")
+    if donor.images.shape != case.images.shape or tuple(donor.spacing) != tuple(case.spacing):
+        raise ValueError(f"the donor case must be on the same grid: images {donor.images.shape} vs "
+                         f"{case.images.shape}, spacing {donor.spacing} vs {case.spacing}")
+    if donor.seed == case.seed:
+        raise ValueError(f"the donor must be an unrelated case (another seed), got seed {donor.seed} twice")
+    images = case.images.copy()
+    shifts = case.shifts_mm.copy()
+    for index, name in enumerate(case.sequences):
+        if name not in keep:
+            images[index] = donor.images[index]
+            shifts[index] = donor.shifts_mm[index]
+    return replace(case, images=images, shifts_mm=shifts)
 
 
 def default_spacing(shape: Sequence[int]) -> tuple[float, float, float]:

@@ -28,7 +28,8 @@ Command line (the default demo model: 1500 steps, about 9.5 min on 2 idle CPU co
 
     python -m LRPSegmentationLib.training --output LRPSegmentation/Resources/Models/demo_unet3d.lrpmodel
 
-The variant used to check the shares adds ``--contrast-only-in T2 T1-20s``.
+The variant used to check the shares adds ``--contrast-only-in T2 T1-20s``; the information
+control (the other sequences from unrelated cases) ``--information-only-in T2 T1-20s``.
 """
 from __future__ import annotations
 
@@ -57,8 +58,10 @@ __all__ = [
     "TRAIN_FIRST_SEED",
     "VAL_FIRST_SEED",
     "TEST_FIRST_SEED",
+    "DONOR_SEED_OFFSET",
     "TrainingHistory",
     "preprocess",
+    "phantom_training_case",
     "prepare_cases",
     "dice",
     "soft_dice_ce_loss",
@@ -97,6 +100,9 @@ VAL_FIRST_SEED = 5000
 """Validation (held-out) cases use seeds from here."""
 TEST_FIRST_SEED = 9000
 """Seeds from here are never used by training or validation: use them for fresh test cases."""
+DONOR_SEED_OFFSET = 100_000
+"""The information control (``information_only_in``) takes the other sequences of case ``seed``
+from the unrelated case ``seed + DONOR_SEED_OFFSET``."""
 
 # tumour_weight: without a head bias, an unweighted loss settles where tumour voxels have silent
 # features (logits tied, p = 0.5, soft Dice ≈ 0.67, argmax background); weighting the tumour class
@@ -127,25 +133,65 @@ def preprocess(case: "phantom.PhantomCase | np.ndarray",
     return torch.from_numpy(np.ascontiguousarray(normalized))[None]
 
 
+def phantom_training_case(seed: int, shape: Sequence[int] = DEMO_SHAPE,
+                          contrast: Mapping[str, Sequence[float]] | None = None,
+                          information_only_in: Sequence[str] | None = None) -> "phantom.PhantomCase":
+    """The phantom case a model of this module sees for ``seed``.
+
+    ``information_only_in``: the information control — lesion contrast only in these sequences
+    (``phantom.contrast_only_in``) and every other sequence from the unrelated case
+    ``seed + DONOR_SEED_OFFSET`` (``phantom.with_unrelated_sequences``), so only these sequences
+    say anything about the case's lesions. Overrides ``contrast``.
+    """
+    options: dict[str, Any] = {"shape": tuple(int(n) for n in shape)}
+    if information_only_in is not None:
+        options["contrast"] = phantom.contrast_only_in(information_only_in)
+    elif contrast is not None:
+        options["contrast"] = contrast
+    case = phantom.generate_case(int(seed), **options)
+    if information_only_in is not None:
+        donor = phantom.generate_case(int(seed) + DONOR_SEED_OFFSET, **options)
+        case = phantom.with_unrelated_sequences(case, information_only_in, donor)
+    return case
+
+
 def prepare_cases(seeds: Sequence[int], shape: Sequence[int] = DEMO_SHAPE,
                   contrast: Mapping[str, Sequence[float]] | None = None,
-                  normalization: Mapping[str, Any] = DEMO_NORMALIZATION
+                  normalization: Mapping[str, Any] = DEMO_NORMALIZATION,
+                  information_only_in: Sequence[str] | None = None
                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Phantom cases for the given seeds as ``(x (6, D, H, W) float32, y (D, H, W) int64)``."""
-    options = {"shape": tuple(shape)}
-    if contrast is not None:
-        options["contrast"] = contrast
+    """Phantom cases for the given seeds as ``(x (6, D, H, W) float32, y (D, H, W) int64)``
+    (see :func:`phantom_training_case` for ``contrast`` and ``information_only_in``)."""
     data = []
     for seed in seeds:
-        case = phantom.generate_case(int(seed), **options)
+        case = phantom_training_case(seed, shape, contrast, information_only_in)
         data.append((preprocess(case, normalization)[0],
                      torch.from_numpy(case.tumour.astype(np.int64))))
     return data
 
 
+def _randomize_channels(xp: torch.Tensor, channels: Sequence[int], data, generator: torch.Generator) -> torch.Tensor:
+    """Redraw ``channels`` of one (C, d, h, w) patch: each, independently, with probability 1/2 a
+    patch of that sequence from a random training case at a random place, 1/4 Gaussian noise of
+    random level and spread, 1/4 kept — so their content says nothing about the label."""
+    xp = xp.clone()
+    for c in channels:
+        u = float(torch.rand(1, generator=generator))
+        if u < 0.5:
+            source = data[int(torch.randint(len(data), (1,), generator=generator))][0][c]
+            start = [int(torch.randint(s - n + 1, (1,), generator=generator)) for n, s in zip(xp.shape[1:], source.shape)]
+            xp[c] = source[tuple(slice(a, a + n) for a, n in zip(start, xp.shape[1:]))]
+        elif u < 0.75:
+            spread = 1.5 * float(torch.rand(1, generator=generator))
+            level = float(torch.randn(1, generator=generator))
+            xp[c] = torch.randn(xp.shape[1:], generator=generator) * spread + level
+    return xp
+
+
 def _sample_batch(data, batch_size: int, patch: Sequence[int], generator: torch.Generator,
-                  flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random batch of patches; half of them centred (as far as fits) on a tumour voxel."""
+                  flip: bool = True, randomize: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch of patches; half of them centred (as far as fits) on a tumour voxel;
+    the ``randomize`` channels redrawn by :func:`_randomize_channels`."""
     xs, ys = [], []
     for _ in range(batch_size):
         index = int(torch.randint(len(data), (1,), generator=generator))
@@ -165,6 +211,8 @@ def _sample_batch(data, batch_size: int, patch: Sequence[int], generator: torch.
             if dims:
                 xp = torch.flip(xp, [d + 1 for d in dims])
                 yp = torch.flip(yp, dims)
+        if randomize:
+            xp = _randomize_channels(xp, randomize, data, generator)
         xs.append(xp)
         ys.append(yp)
     return torch.stack(xs), torch.stack(ys)
@@ -255,6 +303,8 @@ def train_demo_model(n_train_cases: int = _DEFAULTS["n_train_cases"],
                      tumour_weight: float = _DEFAULTS["tumour_weight"],
                      shape: Sequence[int] = DEMO_SHAPE,
                      contrast: Mapping[str, Sequence[float]] | None = None,
+                     information_only_in: Sequence[str] | None = None,
+                     randomize_others: bool = True,
                      seed: int = _DEFAULTS["seed"],
                      progress: bool = True,
                      patch: Sequence[int] | None = DEMO_PATCH,
@@ -275,6 +325,11 @@ def train_demo_model(n_train_cases: int = _DEFAULTS["n_train_cases"],
         base_channels, depth: ``UNet3D`` size; head_bias: see ``models.unet3d`` (off for the demo).
         shape: phantom grid (D, H, W); each of D, H, W divisible by ``2**depth``.
         contrast: phantom contrast table (e.g. ``phantom.contrast_only_in([...])``); None = default.
+        information_only_in: train on the information control (see :func:`phantom_training_case`).
+        randomize_others: with ``information_only_in``, redraw the other sequences of every training
+            patch (a random case's patch, noise, or kept; :func:`_randomize_channels`) so the network
+            learns to ignore them. Without it a network keeps first-layer weights on them (see the
+            README's proof: they are distractors whose contributions cancel only on average).
         seed: seeds torch (initialization, patches, flips).
         progress: print the loss and validation Dice as it goes.
         patch: training patch size, clipped to ``shape`` (None = whole volumes); divisible by
@@ -301,9 +356,12 @@ def train_demo_model(n_train_cases: int = _DEFAULTS["n_train_cases"],
     start_time = time.perf_counter()
     train_seeds = list(range(train_first_seed, train_first_seed + n_train_cases))
     val_seeds = list(range(val_first_seed, val_first_seed + n_val_cases))
-    train_data = prepare_cases(train_seeds, shape, contrast)
-    val_data = prepare_cases(val_seeds, shape, contrast) if n_val_cases else []
+    train_data = prepare_cases(train_seeds, shape, contrast, information_only_in=information_only_in)
+    val_data = (prepare_cases(val_seeds, shape, contrast, information_only_in=information_only_in)
+                if n_val_cases else [])
 
+    randomize = ([c for c, name in enumerate(phantom.SEQUENCES) if name not in information_only_in]
+                 if information_only_in is not None and randomize_others else [])
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = UNet3D(in_channels=6, out_channels=2, base_channels=base_channels, depth=depth,
@@ -318,12 +376,15 @@ def train_demo_model(n_train_cases: int = _DEFAULTS["n_train_cases"],
         "shape": list(shape), "patch": list(patch),
         "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "flip": flip,
         "loss": "cross-entropy + soft Dice (tumour)", "optimizer": "Adam, cosine decay to 2 %",
-        "custom_contrast": contrast is not None, "device": str(device)})
+        "custom_contrast": contrast is not None or information_only_in is not None,
+        "information_only_in": list(information_only_in) if information_only_in is not None else None,
+        "randomized_channels": [phantom.SEQUENCES[c] for c in randomize],
+        "device": str(device)})
 
     model.train()
     running = None
     for step in range(1, steps + 1):
-        x, y = _sample_batch(train_data, batch_size, patch, generator, flip)
+        x, y = _sample_batch(train_data, batch_size, patch, generator, flip, randomize)
         loss = soft_dice_ce_loss(model(x.to(device)), y.to(device), tumour_weight=tumour_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -362,13 +423,21 @@ def package_model(model: UNet3D, history: TrainingHistory | None = None,
     config = history.config if history is not None else {}
     shape = tuple(config.get("shape", DEMO_SHAPE))
     spacing_zyx = phantom.default_spacing(shape)
+    information_only_in = config.get("information_only_in")
+    if information_only_in is not None:
+        contrast_sequences = information_only_in
     info: dict[str, Any] = {
         "data": "synthetic liver DCE-MRI phantom (LRPSegmentationLib.phantom)",
         "phantom_shape": list(shape),
         "phantom_contrast": (f"contrast_only_in({list(contrast_sequences)})" if contrast_sequences is not None
                              else "CONTRAST_TABLE"),
         "contrast_sequences": list(contrast_sequences) if contrast_sequences is not None else None,
+        # The information control: the other sequences come from case seed + DONOR_SEED_OFFSET.
+        "information_only_in": list(information_only_in) if information_only_in is not None else None,
     }
+    if information_only_in is not None:
+        info["phantom_contrast"] += (f" + with_unrelated_sequences(donor = seed + {DONOR_SEED_OFFSET}) "
+                                     f"for the other sequences")
     if history is not None:
         final = history.final_val_dice
         info.update({"training": {**config, "train_seeds": history.train_seeds, "seconds": round(history.seconds, 1),
@@ -382,6 +451,9 @@ def package_model(model: UNet3D, history: TrainingHistory | None = None,
               "head_bias": model.head.bias is not None,
               "activation": "leaky_relu" if isinstance(model.encoders[0][2], torch.nn.LeakyReLU) else "relu"}
     variant = f", lesion contrast only in {', '.join(contrast_sequences)}" if contrast_sequences else ""
+    if information_only_in is not None:
+        variant = (f", information only in {', '.join(information_only_in)} (lesion contrast only there, "
+                   f"the other sequences from unrelated cases)")
     return create_package(
         model, "unet3d", kwargs, phantom.SEQUENCES, normalization=DEMO_NORMALIZATION, class_names=CLASS_NAMES,
         target_spacing=tuple(reversed(spacing_zyx)), patch_size=shape, name=name,
@@ -408,14 +480,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="cross-entropy weight of tumour voxels")
     parser.add_argument("--contrast-only-in", nargs="+", default=None, metavar="SEQUENCE",
                         help="train on the phantom variant with lesion contrast only in these sequences")
+    parser.add_argument("--information-only-in", nargs="+", default=None, metavar="SEQUENCE",
+                        help="train on the information control: lesion contrast only in these sequences "
+                             "and every other sequence taken from an unrelated case")
+    parser.add_argument("--keep-others", action="store_true",
+                        help="with --information-only-in: do not redraw the other sequences during training")
     parser.add_argument("--device", default="cpu", help="cpu (default, reproducible) or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.contrast_only_in and args.information_only_in:
+        parser.error("give --contrast-only-in or --information-only-in, not both")
     contrast = phantom.contrast_only_in(args.contrast_only_in) if args.contrast_only_in else None
     model, history = train_demo_model(
         n_train_cases=args.train_cases, n_val_cases=args.val_cases, steps=args.steps,
         base_channels=args.base_channels, depth=args.depth, shape=args.shape, contrast=contrast,
+        information_only_in=args.information_only_in, randomize_others=not args.keep_others,
         seed=args.seed, progress=not args.quiet, batch_size=args.batch_size,
         learning_rate=args.learning_rate, device=args.device, num_threads=args.threads,
         tumour_weight=args.tumour_weight)
