@@ -332,6 +332,15 @@ def test_evaluate_writes_its_outputs(data, capfd, tmp_path):
     assert -1.0 <= region["spearman_shares_vs_dice_drop"] <= 1.0
     assert report["ablation"]["truth"] == "reference label"
     assert set(report["ablation"]["dice_drop"]) == set(SEQUENCES)
-    assert len(_read_rows(output / "ablation.csv")) == len(SEQUENCES)
+    rows = _read_rows(output / "ablation.csv")
+    assert len(rows) == len(SEQUENCES)
+    retained = report["ablation"]["margin_retained"]
+    assert set(retained) == set(SEQUENCES)
+    assert [float(r["margin_retained"]) for r in rows] == pytest.approx(
+        [float("nan") if retained[s] is None else retained[s] for s in SEQUENCES], nan_ok=True)
+    # the caution lists exactly the sequences with >= 10 % positive relevance and >= 95 % margin kept
+    expected = [s for s in SEQUENCES if region["positive_shares"][s] >= 0.1
+                and retained[s] is not None and retained[s] >= 0.95]
+    assert region["relevance_without_sensitivity"] == expected
     assert len(_read_rows(output / "perturbation_mask.csv")) == 4
     assert (output / "evaluation_mask.png").stat().st_size > 0

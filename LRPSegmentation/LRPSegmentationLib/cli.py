@@ -919,7 +919,11 @@ def cmd_evaluate(args) -> int:
             "composite": result.composite, "sequences": case.sequences,
             "ablation": {"truth": truth_source, "fill": ablation.fill, "base_dice": ablation.base_dice,
                          "ablated_dice": dict(zip(case.sequences, ablation.ablated_dice.tolist())),
-                         "dice_drop": dict(zip(case.sequences, ablation.drops.tolist()))},
+                         "dice_drop": dict(zip(case.sequences, ablation.drops.tolist())),
+                         # None where the model calls no voxel the target class (no margin to keep)
+                         "base_margin": ablation.base_margin if np.isfinite(ablation.base_margin) else None,
+                         "margin_retained": {sequence: (float(v) if np.isfinite(v) else None) for sequence, v
+                                             in zip(case.sequences, ablation.margin_retained)}},
             "perturbation_settings": {"patch": list(args.patch), "steps": args.steps, "fill": "blur",
                                       "score": "probability", "seed": args.seed},
             "regions": {}, "notes": empty}
@@ -938,7 +942,10 @@ def cmd_evaluate(args) -> int:
                     steps=args.steps, device=args.device, order=order, seed=args.seed, window=window,
                     overlap=package.overlap)
             rho = evaluation.shares_vs_ablation(shares, ablation.drops)
+            positive = explanation.positive_shares.numpy()
             report["regions"][name] = {
+                "relevance_without_sensitivity": [case.sequences[c] for c in evaluation.relevance_without_sensitivity(
+                    positive, ablation.margin_retained)],
                 "voxels": int(np.sum(region)), "voxels_used": explanation.n_used,
                 "shares": dict(zip(case.sequences, shares.tolist())),
                 "positive_shares": dict(zip(case.sequences, explanation.positive_shares.numpy().tolist())),
@@ -960,9 +967,10 @@ def cmd_evaluate(args) -> int:
         output.mkdir(parents=True, exist_ok=True)
         with open(output / "ablation.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["sequence", "ablated_dice", "dice_drop"] + [f"share_{n}" for n in report["regions"]])
+            writer.writerow(["sequence", "ablated_dice", "dice_drop", "margin_retained"]
+                            + [f"share_{n}" for n in report["regions"]])
             for c, sequence in enumerate(case.sequences):
-                writer.writerow([sequence, ablation.ablated_dice[c], ablation.drops[c]]
+                writer.writerow([sequence, ablation.ablated_dice[c], ablation.drops[c], ablation.margin_retained[c]]
                                 + [r["shares"][sequence] for r in report["regions"].values()])
         for name, curves, shares, rho in files:
             with open(output / f"perturbation_{safe_name(name)}.csv", "w", newline="") as handle:
@@ -980,6 +988,9 @@ def cmd_evaluate(args) -> int:
         print(f"region {name}: AOPC MoRF {info['aopc']['morf']:.4f}, LeRF {info['aopc']['lerf']:.4f}, "
               f"random {info['aopc']['random']:.4f}; area MoRF–LeRF {info['area_between_morf_lerf']:.4f}; "
               f"Spearman(shares, Dice drops) {info['spearman_shares_vs_dice_drop']:.2f}")
+        if info["relevance_without_sensitivity"]:
+            print(f"  caution: {', '.join(info['relevance_without_sensitivity'])} get relevance although "
+                  f"replacing them keeps >= 95 % of the decision margin (see README, 'distractor relevance')")
     print(f"outputs in {output}")
     return 0
 

@@ -7,7 +7,8 @@
 4. Write one relevance map per sequence (NRRD, on the input grid), the sequence-composition map,
    the per-sequence shares (CSV, JSON), the seed's figures (PNG) and a 3D Slicer scene
    (``scene.mrml`` with its data) showing the relevance maps colour-mapped over the images.
-5. Print a report: Dice, per-sequence shares, and which sequences carry the lesion's contrast.
+5. Print a report: Dice, per-sequence shares, how much of the decision each sequence carries
+   (sequence ablation), and which sequences carry the lesion's contrast.
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ def phantom_case(seed: int, shape: tuple[int, int, int], name: str | None = None
     return case_from_phantom(phantom.generate_case(seed, shape=shape, **options), name)
 
 
-def report(result: pipeline.CaseResult, dice: float) -> str:
-    """A plain-text report of one explained case."""
+def report(result: pipeline.CaseResult, dice: float, ablation: evaluation.AblationResult | None = None) -> str:
+    """A plain-text report of one explained case (and of its sequence ablation, when given)."""
     names = result.case.sequences
     lines = [f"case {result.case.name}: tumour Dice {dice:.3f}; target {result.target.describe(['background', 'tumour'])}; "
              f"composite {result.composite}", ""]
@@ -54,6 +55,20 @@ def report(result: pipeline.CaseResult, dice: float) -> str:
                      + "".join(f"{100 * s:>9.1f}%" for s in explanation.sequence_shares.tolist()))
         lines.append(f"{'':<12}{'':>8}{'':>7}  "
                      + "".join(f"{100 * s:>9.1f}%" for s in explanation.positive_shares.tolist()))
+    if ablation is not None:
+        # The cross-check: relevance on a sequence whose removal leaves the decision untouched is
+        # distractor relevance (README, "the proof").
+        lines += ["", "decision margin of the true positives kept when the sequence is replaced by its mean "
+                      "(100 % = not used):",
+                  f"{'':<29}" + "".join(f"{100 * m:>9.1f}%" for m in ablation.margin_retained.tolist()),
+                  f"{'':<29}" + "".join(f"{n:>10}" for n in names)]
+        # The margin is measured over the true positives: compare with their explanation.
+        region = "tp" if "tp" in result.explanations else next(iter(result.explanations), None)
+        flagged = (evaluation.relevance_without_sensitivity(result.explanations[region].positive_shares,
+                                                            ablation.margin_retained) if region else [])
+        if flagged:
+            lines.append(f"caution ({region}): {', '.join(names[c] for c in flagged)} get relevance although the "
+                         f"decision keeps >= 95 % of its margin without them (distractor relevance, README)")
     return "\n".join(lines)
 
 
@@ -68,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-scene", action="store_true", help="do not write the 3D Slicer scene")
     args = parser.parse_args(argv)
+    if args.output.is_dir() and any(args.output.iterdir()) and not args.overwrite:
+        # Before minutes of work: the writers would refuse anyway, file by file.
+        print(f"error: the output folder {args.output} already exists and is not empty; choose another "
+              f"--output or pass --overwrite to replace its files", file=sys.stderr)
+        return 2
     from tqdm import tqdm
 
     try:
@@ -118,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     bar.close()
-    text = report(result, evaluation.dice(result.labels == result.target.index, truth))
+    ablation = evaluation.sequence_ablation(model, pipeline.network_input(case, package), truth,
+                                            target=result.target.index, device=args.device)
+    text = report(result, evaluation.dice(result.labels == result.target.index, truth), ablation)
     print(text)
     lesion_table = phantom.CONTRAST_TABLE
     print("\nphantom lesion contrast vs liver (the truth the shares can be compared with):")

@@ -6,7 +6,8 @@ masks are (D, H, W) bool on the output grid, relevance is (C, D, H, W) (``explai
 
 * :func:`sequence_ablation` — replace one sequence at a time by an uninformative one
   (:func:`uninformative_fill`) and measure the drop in Dice of the predicted target class.
-  :func:`shares_vs_ablation` rank-correlates those drops with per-sequence relevance shares.
+  :func:`shares_vs_ablation` rank-correlates those drops with per-sequence relevance shares;
+  :func:`relevance_without_sensitivity` lists sequences with relevance but no effect on the margin.
 * :func:`region_perturbation` — 3D region perturbation (Samek et al., IEEE TNNLS 2017): remove
   (sequence, 3D block) patches in order of relevance (MoRF / LeRF) or at random and follow the
   model's mean target probability over the region; summarized by :func:`aopc` and
@@ -51,6 +52,7 @@ __all__ = [
     "uninformative_fill",
     "sequence_ablation",
     "shares_vs_ablation",
+    "relevance_without_sensitivity",
     "perturbation_blocks",
     "region_perturbation",
     "aopc",
@@ -265,6 +267,10 @@ class AblationResult:
         drops: (C,) ``base_dice - ablated_dice``; large = the model needs that sequence.
         fill: the fill mode used.
         target: the class index.
+        base_margin: mean target margin (target logit minus the largest other logit) over the
+            true-positive voxels (the predicted target voxels if none is true; NaN if none).
+        ablated_margin: (C,) the same mean margin, on the same voxels, with sequence c replaced.
+            Finer than Dice: a decision can keep its label while losing most of its margin.
     """
 
     base_dice: float
@@ -272,6 +278,14 @@ class AblationResult:
     drops: np.ndarray
     fill: str
     target: int
+    base_margin: float = float("nan")
+    ablated_margin: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def margin_retained(self) -> np.ndarray:
+        """(C,) ``ablated_margin / base_margin``: 1 = the decision does not depend on that sequence
+        at all, ≤ 0 = without it the region is no longer called the target class."""
+        return self.ablated_margin / self.base_margin
 
     def most_important(self) -> int:
         """Index of the sequence whose removal costs most Dice."""
@@ -281,12 +295,13 @@ class AblationResult:
 def sequence_ablation(model: nn.Module, x: torch.Tensor, region_truth, target: int = 1, fill: str = "mean",
                       device: str | torch.device | None = None, mask=None, *, window=None,
                       overlap: float = 0.5, seed: int = 0) -> AblationResult:
-    """Per-sequence ablation: how much Dice does the model lose without each sequence?
+    """Per-sequence ablation: how much Dice (and decision margin) does the model lose without each sequence?
 
     The prediction is ``argmax_k logits == target`` over the whole volume; Dice is computed over
     the whole volume against ``region_truth`` (e.g. the tumour label). Then each sequence in turn
     is replaced by :func:`uninformative_fill` (``fill``, statistics inside ``mask``) and Dice is
-    measured again. C + 1 forward passes.
+    measured again, and the mean target margin over the true positives (``margin_retained``).
+    C + 1 forward passes.
 
     Args:
         model: segmentation network in eval mode, logits (1, K, D, H, W).
@@ -310,13 +325,48 @@ def sequence_ablation(model: nn.Module, x: torch.Tensor, region_truth, target: i
     logits = _logits_fn(model, device, window, overlap)
     base = logits(x)
     target = _check_class(target, base)
-    base_dice = dice(base.argmax(1)[0] == target, truth)
+    predicted = base.argmax(1)[0] == target
+    base_dice = dice(predicted, truth)
+    margin_voxels = predicted & truth if (predicted & truth).any() else predicted
+
+    def mean_margin(out: torch.Tensor) -> float:
+        if not margin_voxels.any() or out.shape[1] < 2:
+            return float("nan")
+        others = torch.cat([out[0, :target], out[0, target + 1:]]).amax(0)
+        return float((out[0, target] - others)[margin_voxels].double().mean())
+
     ablated = np.empty(x.shape[1])
+    ablated_margin = np.empty(x.shape[1])
     for channel in range(x.shape[1]):
-        filled = uninformative_fill(x, channel, mask=mask, mode=fill, seed=seed)
-        ablated[channel] = dice(logits(filled).argmax(1)[0] == target, truth)
+        out = logits(uninformative_fill(x, channel, mask=mask, mode=fill, seed=seed))
+        ablated[channel] = dice(out.argmax(1)[0] == target, truth)
+        ablated_margin[channel] = mean_margin(out)
     return AblationResult(base_dice=base_dice, ablated_dice=ablated, drops=base_dice - ablated, fill=fill,
-                          target=target)
+                          target=target, base_margin=mean_margin(base), ablated_margin=ablated_margin)
+
+
+def relevance_without_sensitivity(positive_shares, margin_retained, min_share: float = 0.1,
+                                  min_retained: float = 0.95) -> list[int]:
+    """Sequences whose relevance the decision does not back (distractor relevance).
+
+    A sequence is listed when it gets at least ``min_share`` of the region's positive relevance
+    although replacing it keeps at least ``min_retained`` of the decision margin
+    (:attr:`AblationResult.margin_retained`). LRP splits each first-layer neuron's relevance in
+    proportion to its inputs' contributions, so a sequence with non-zero first-layer weights gets
+    relevance even where later layers cancel its effect on the decision (Kindermans et al., ICLR
+    2018, call such inputs distractors); the README's proof measures it on a control model.
+
+    Args:
+        positive_shares: (C,) positive relevance share per sequence (``RegionExplanation``).
+        margin_retained: (C,) from :func:`sequence_ablation` (NaN never qualifies).
+
+    Returns:
+        The sequence indices, in order.
+    """
+    shares, retained = _as_numpy(positive_shares).ravel(), _as_numpy(margin_retained).ravel()
+    if shares.size != retained.size:
+        raise ValueError(f"got {shares.size} shares but {retained.size} margins; one per sequence each")
+    return [c for c in range(shares.size) if shares[c] >= min_share and retained[c] >= min_retained]
 
 
 def shares_vs_ablation(shares, drops) -> float:
