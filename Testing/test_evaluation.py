@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from LRPSegmentationLib import evaluation as E
-from LRPSegmentationLib import phantom, pipeline
+from LRPSegmentationLib import phantom, pipeline, training
 from LRPSegmentationLib.demo import case_from_phantom, phantom_case
 from LRPSegmentationLib.engine import explain_region, make_composite
 from LRPSegmentationLib.models import load_package
@@ -73,6 +73,25 @@ def test_shares_vs_ablation_and_curve_summaries():
     assert E.area_between(morf, lerf) > 0
     with pytest.raises(ValueError, match="lengths"):
         E.area_between(morf, lerf[:2])
+
+
+def test_ablation_margin_on_a_linear_model():
+    """Tumour logit 2·x0, background 0: removing x0 (mean -0.5 over the volume) turns the margin
+    of the true positives from 2 to -1; x1 is not used at all."""
+    model = torch.nn.Conv3d(2, 2, 1, bias=False).eval()
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[1, 0] = 2.0
+    x = -torch.ones(1, 2, 4, 4, 4)
+    x[0, 0, :, :2, :2] = 1.0  # a quarter of the volume: mean of x0 = 0.25 - 0.75 = -0.5
+    x[0, 1] = torch.randn(4, 4, 4, generator=torch.Generator().manual_seed(0))
+    truth = torch.zeros(4, 4, 4, dtype=torch.bool)
+    truth[:, :2, :2] = True
+    result = E.sequence_ablation(model, x, truth, device="cpu", mask=torch.ones(4, 4, 4, dtype=torch.bool))
+    assert result.base_dice == 1.0 and result.base_margin == pytest.approx(2.0)
+    assert result.ablated_margin == pytest.approx([-1.0, 2.0])
+    assert result.margin_retained == pytest.approx([-0.5, 1.0])
+    assert result.drops == pytest.approx([1.0, 0.0])
 
 
 def test_uninformative_fill_modes():
@@ -255,7 +274,7 @@ def variant_fractions():
     sequences = package.training_info["contrast_sequences"]
     model = package.build()
     carrying = [phantom.SEQUENCES.index(s) for s in sequences]
-    fractions = {"box": [], "liver": []}
+    fractions = {"box": [], "liver": [], "plainT1_margin_kept": []}
     for seed in PROOF_SEEDS:
         generated = phantom.generate_case(seed, shape=tuple(package.training_info["phantom_shape"]),
                                           contrast=phantom.contrast_only_in(sequences))
@@ -269,6 +288,8 @@ def variant_fractions():
                                ("liver", make_composite(package.composite, low=liver, high=liver))):
             explanation = explain_region(model, x, tp, 1, composite, device="cpu")
             fractions[key].append(float(explanation.positive_shares[carrying].sum()))
+        ablation = E.sequence_ablation(model, x, torch.from_numpy(case.reference_label.astype(bool)), device="cpu")
+        fractions["plainT1_margin_kept"].append(float(ablation.margin_retained[phantom.SEQUENCES.index("plainT1")]))
     return fractions
 
 
@@ -285,8 +306,77 @@ def test_a_liver_reference_moves_relevance_to_the_sequences_with_lesion_contrast
         assert liver > box + 0.1, variant_fractions
 
 
-@pytest.mark.xfail(strict=True, reason="OPEN: the product's claim (>= 90 % of the positive relevance on the "
-                                      "sequences with lesion contrast) is not met: 0.39-0.61 measured "
-                                      "(0.56-0.81 with a liver reference)")
-def test_ninety_percent_of_the_relevance_falls_on_the_sequences_with_lesion_contrast(variant_fractions):
-    assert min(variant_fractions["box"]) >= PROOF_FRACTION, variant_fractions
+def test_the_variant_model_uses_plain_t1_as_context(variant_fractions):
+    """The variant keeps the liver, vessels and body in every sequence, and its network uses them:
+    replacing plain T1 by its mean leaves -98 %, -140 %, +51 % of the true positives' margin
+    (measured), so the 18-35 % of relevance on plain T1 is faithful, not an error."""
+    assert max(variant_fractions["plainT1_margin_kept"]) < 0.6, variant_fractions
+
+
+CONTROL = MODELS / "control_T2_T1-20s.lrpmodel"
+
+
+@pytest.fixture(scope="module")
+def control_cases():
+    """The information control (only T2 and T1-20s say anything about the lesions; the other four
+    sequences come from unrelated cases): per proof seed, (explanation of the true positives,
+    sequence ablation), and the indices of the informative sequences."""
+    package = load_package(CONTROL)
+    informative = package.training_info["information_only_in"]
+    model = package.build()
+    cases = []
+    for seed in PROOF_SEEDS:
+        generated = training.phantom_training_case(seed, tuple(package.training_info["phantom_shape"]),
+                                                   information_only_in=informative)
+        case = case_from_phantom(generated)
+        x = pipeline.network_input(case, package)
+        _, labels = pipeline.predict(model, x, package, "cpu")
+        truth = torch.from_numpy(case.reference_label.astype(bool))
+        tp = torch.from_numpy(labels == 1) & truth
+        cases.append((explain_region(model, x, tp, 1, package.lrp_composite(), device="cpu"),
+                      E.sequence_ablation(model, x, truth, device="cpu")))
+    return [phantom.SEQUENCES.index(s) for s in informative], cases
+
+
+def test_the_control_model_decides_from_the_informative_sequences_only(control_cases):
+    """The control's ground truth, checked on the model: replacing any uninformative sequence by
+    its mean keeps 97-106 % of the true positives' margin (measured); removing T2 or T1-20s takes
+    the margin below half in every case (T1-20s: -132 %, -82 %; T2: -57 %)."""
+    informative, cases = control_cases
+    for _, ablation in cases:
+        others = np.delete(ablation.margin_retained, informative)
+        assert np.all((others > 0.9) & (others < 1.1)), ablation.margin_retained
+        assert ablation.margin_retained[informative].min() < 0.5, ablation.margin_retained
+
+
+def test_the_informative_sequences_get_the_largest_shares(control_cases):
+    """Measured positive shares: T2 0.21/0.25/0.51, T1-20s 0.40/0.39/0.17; each uninformative
+    sequence 0.06-0.14."""
+    informative, cases = control_cases
+    for explanation, _ in cases:
+        shares = explanation.positive_shares.numpy()
+        assert shares[informative].min() > np.delete(shares, informative).max(), shares
+        assert explanation.n_excluded == 0
+
+
+def test_the_cross_check_flags_the_distractor_relevance(control_cases):
+    """T1-15min gets 11-14 % of the positive relevance with 99-100 % of the margin kept without it.
+    On case 9002 T1-20s is flagged too, rightly: that decision rests on T2 alone (105 % of the
+    margin kept without T1-20s), yet T1-20s gets 17 % of the relevance."""
+    informative, cases = control_cases
+    for explanation, ablation in cases:
+        flagged = E.relevance_without_sensitivity(explanation.positive_shares, ablation.margin_retained)
+        assert set(flagged) - set(informative), (flagged, explanation.positive_shares)
+        assert all(ablation.margin_retained[c] >= 0.95 for c in flagged)
+    with pytest.raises(ValueError, match="one per sequence"):
+        E.relevance_without_sensitivity([0.5, 0.5], [1.0, 1.0, 1.0])
+
+
+@pytest.mark.xfail(strict=True, reason="BLOCKED, a property LRP does not have: on the information control, whose "
+                                      "decisions ignore the four uninformative sequences (margin kept 97-106 %), "
+                                      "T2 + T1-20s get 61 / 65 / 68 % of the positive relevance; the rest is "
+                                      "distractor relevance (README, 'the proof')")
+def test_ninety_percent_of_the_relevance_falls_on_the_informative_sequences(control_cases):
+    informative, cases = control_cases
+    fractions = [float(explanation.positive_shares[informative].sum()) for explanation, _ in cases]
+    assert min(fractions) >= PROOF_FRACTION, fractions
