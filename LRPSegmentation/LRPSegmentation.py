@@ -90,6 +90,7 @@ class LRPSegmentationParameterNode:
     classVsRest: bool = False
     composite: str = "epsilon_gamma_box"
     device: str = "auto"
+    crossCheck: bool = True
 
 
 #
@@ -563,8 +564,8 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             with slicer.util.tryWithErrorDisplay(_("LRP Segmentation failed."), waitCursor=True):
                 try:
-                    onFinished(job)
-                    self.ui.statusLabel.text = _("Done.")
+                    result = onFinished(job)
+                    self.ui.statusLabel.text = getattr(result, "caution", "") or _("Done.")
                 except self.logic.Cancelled:
                     self.ui.statusLabel.text = _("Cancelled; partial outputs removed.")
         finally:
@@ -602,7 +603,8 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.currentInputNodes(), self.ui.referenceVolumeSelector.currentNode(),
                 self.ui.regionSegmentSelector.currentNode(), self.ui.regionSegmentSelector.currentSegmentID(),
                 package, max(0, self.ui.targetClassComboBox.currentIndex), self.ui.classVsRestCheckBox.checked,
-                self.ui.compositeComboBox.currentText, self.ui.deviceComboBox.currentText)
+                self.ui.compositeComboBox.currentText, self.ui.deviceComboBox.currentText,
+                crossCheck=self.ui.crossCheckCheckBox.checked)
             self._startJob(job, finish, _("Explaining region A..."))
 
     def onUpdateRegionButton(self) -> None:
@@ -745,12 +747,13 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
         return self._lib.segment(slicer.mrmlScene, inputNodes, referenceNode, package, device, model=model)
 
     def explain(self, inputNodes, referenceNode, segmentationNode, segmentId, package, targetClass=1,
-                classVsRest=False, composite=None, device="auto", model=None, progress=None, cancel=None):
+                classVsRest=False, composite=None, device="auto", model=None, progress=None, cancel=None,
+                crossCheck=False):
         from LRPSegmentationLib.engine import Target
 
         self.lastOutputs = self._lib.explain(slicer.mrmlScene, inputNodes, referenceNode, segmentationNode, segmentId,
                                              package, Target(int(targetClass), bool(classVsRest)), composite, device,
-                                             progress=progress, cancel=cancel, model=model)
+                                             progress=progress, cancel=cancel, model=model, cross_check=crossCheck)
         return self.lastOutputs
 
     def crosshairRAS(self):
@@ -805,12 +808,13 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
         return lib.BackgroundJob(compute), finish
 
     def explainAsync(self, inputNodes, referenceNode, segmentationNode, segmentId, package, targetClass=1,
-                     classVsRest=False, composite=None, device="auto"):
+                     classVsRest=False, composite=None, device="auto", crossCheck=False):
         from LRPSegmentationLib.engine import Target
 
         lib = self._lib
         request = lib.prepare_explain(inputNodes, referenceNode, segmentationNode, segmentId, package,
-                                      Target(int(targetClass), bool(classVsRest)), composite, device)
+                                      Target(int(targetClass), bool(classVsRest)), composite, device,
+                                      cross_check=crossCheck)
 
         def compute(progress, cancel):
             return lib.compute_explanation(request, package, None, progress, cancel)
@@ -901,9 +905,12 @@ class LRPSegmentationTest(ScriptedLoadableModuleTest):
             logic.explain(inputs, reference, regions, segmentId, package, 1, True, None, "cpu", cancel=lambda: True)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
 
-        outputs = logic.explain(inputs, reference, regions, segmentId, package, 1, True, None, "cpu", model=model)
+        outputs = logic.explain(inputs, reference, regions, segmentId, package, 1, True, None, "cpu", model=model,
+                                crossCheck=True)
         self.assertEqual(len(outputs.relevance_nodes), len(self.SEQUENCES))
         self.assertAlmostEqual(float(np.sum(outputs.shares)), 1.0, places=4)
+        marginColumn = outputs.table_node.GetTable().GetColumnByName(logic._lib.MARGIN_COLUMN)
+        self.assertEqual(marginColumn.GetNumberOfTuples(), len(self.SEQUENCES))
         for node in outputs.relevance_nodes:
             self.assertEqual(slicer.util.arrayFromVolume(node).shape, shape)
 

@@ -193,6 +193,36 @@ def test_explain_outputs_geometry_table_and_shares_equal_the_engine(case):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
+def test_the_cross_check_adds_the_kept_margin_and_names_relevance_without_effect(case):
+    from LRPSegmentationLib import evaluation
+
+    model = make_model()
+    package = make_package(model)
+    x = engine_input(case)
+    target = 0  # the untrained network calls every voxel class 0: region A has a margin to keep
+    with torch.no_grad():
+        assert (model(x)[0].argmax(0).numpy()[case.mask] == target).any()
+    plain = slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+                                 package, target, None, "cpu")
+    assert plain.table_node.GetTable().GetColumnByName(slicer_logic.MARGIN_COLUMN) is None and plain.caution == ""
+    outputs = slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+                                   package, target, None, "cpu", cross_check=True)
+    table_node = outputs.table_node
+    table = table_node.GetTable()
+    column = table.GetColumnByName(slicer_logic.MARGIN_COLUMN)
+    kept = np.array([column.GetValue(i) for i in range(len(SEQUENCES))])
+    region = torch.from_numpy(case.mask)
+    expected = evaluation.sequence_ablation(model, x, region, target=target, device="cpu",
+                                            margin_region=region).margin_retained
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(kept, expected, rtol=1e-4, atol=1e-6)
+    positive = np.array([table.GetColumnByName("positive share").GetValue(i) for i in range(len(SEQUENCES))])
+    flagged = [SEQUENCES[c] for c in evaluation.relevance_without_sensitivity(positive, kept)]
+    attribute = table_node.GetAttribute(slicer_logic.WITHOUT_SENSITIVITY_ATTRIBUTE)
+    assert (attribute.split(",") if attribute else []) == flagged
+    assert bool(outputs.caution) == bool(flagged) and all(name in outputs.caution for name in flagged)
+
+
 def test_repainting_region_a_updates_the_same_table_without_lrp(case, monkeypatch):
     model = make_model()
     package = make_package(model)

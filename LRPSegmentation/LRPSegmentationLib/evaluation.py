@@ -294,7 +294,7 @@ class AblationResult:
 
 def sequence_ablation(model: nn.Module, x: torch.Tensor, region_truth, target: int = 1, fill: str = "mean",
                       device: str | torch.device | None = None, mask=None, *, window=None,
-                      overlap: float = 0.5, seed: int = 0) -> AblationResult:
+                      overlap: float = 0.5, seed: int = 0, margin_region=None) -> AblationResult:
     """Per-sequence ablation: how much Dice (and decision margin) does the model lose without each sequence?
 
     The prediction is ``argmax_k logits == target`` over the whole volume; Dice is computed over
@@ -313,6 +313,8 @@ def sequence_ablation(model: nn.Module, x: torch.Tensor, region_truth, target: i
         device: "cpu", "cuda", ... or None (CUDA when available).
         mask: (D, H, W) body/foreground mask for the fill statistics (see :func:`uninformative_fill`).
         window: sliding-window patch size, or None for one whole-volume pass.
+        margin_region: (D, H, W) bool: measure the margin over its predicted-target voxels instead
+            of the true positives (e.g. a painted region A without a ground truth).
 
     Returns:
         :class:`AblationResult`.
@@ -327,7 +329,10 @@ def sequence_ablation(model: nn.Module, x: torch.Tensor, region_truth, target: i
     target = _check_class(target, base)
     predicted = base.argmax(1)[0] == target
     base_dice = dice(predicted, truth)
-    margin_voxels = predicted & truth if (predicted & truth).any() else predicted
+    if margin_region is not None:
+        margin_voxels = predicted & _check_mask(margin_region, x.shape[2:], "margin_region")
+    else:
+        margin_voxels = predicted & truth if (predicted & truth).any() else predicted
 
     def mean_margin(out: torch.Tensor) -> float:
         if not margin_voxels.any() or out.shape[1] < 2:

@@ -171,6 +171,22 @@ def explain_input(model: nn.Module, x: torch.Tensor, package: ModelPackage, regi
     return result
 
 
+def ablation_input(model: nn.Module, x: torch.Tensor, package: ModelPackage, region: np.ndarray,
+                   target: Target, device: str | None = None):
+    """The cross-check of an explanation (``evaluation.sequence_ablation`` on a normalized input on
+    its own grid, padded and windowed as `predict` does): per sequence, the fraction of region A's
+    decision margin (over A's voxels predicted as the target class) kept when the sequence is
+    replaced by its mean. Dice inside it is measured against A itself."""
+    from . import evaluation
+
+    padded, crop = pad_for_model(x, package)
+    full_region = np.zeros(padded.shape[2:], dtype=bool)
+    full_region[crop] = np.asarray(region, dtype=bool)
+    window = package.patch_size if _uses_sliding(padded, package) else None
+    return evaluation.sequence_ablation(model, padded, full_region, target=target.index, device=device,
+                                        window=window, overlap=package.overlap, margin_region=full_region)
+
+
 def composition_input(model: nn.Module, x: torch.Tensor, package: ModelPackage, target: Target,
                       composite: str | None = None, device: str | None = None,
                       tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:

@@ -83,6 +83,10 @@ COMPOSITION_ATTRIBUTE = "LRPSegmentation.CompositionSequences"
 #: Attributes set on the shares table.
 USED_ATTRIBUTE = "LRPSegmentation.VoxelsUsed"
 EXCLUDED_ATTRIBUTE = "LRPSegmentation.VoxelsExcluded"
+#: With the cross-check: the table column of each sequence's kept decision margin, and the table
+#: attribute naming the sequences whose relevance the decision does not back (comma-separated).
+MARGIN_COLUMN = "decision margin kept"
+WITHOUT_SENSITIVITY_ATTRIBUTE = "LRPSegmentation.RelevanceWithoutSensitivity"
 
 
 class GPUMemoryError(RuntimeError):
@@ -329,6 +333,7 @@ class ExplainRequest:
     device: str | None
     region_name: str = "region A"
     tolerance: float | None = None
+    cross_check: bool = False
 
 
 @dataclass
@@ -342,6 +347,8 @@ class ExplainResult:
         positive_shares: (C,) share of the positive part of M_A.
         n_used / n_excluded: region voxels used / excluded by the normalization.
         diagnostics: the engine's conservation checks.
+        margin_retained: (C,) with the cross-check: the fraction of A's decision margin kept when
+            the sequence is replaced by its mean (``pipeline.ablation_input``); else None.
     """
 
     relevance: np.ndarray
@@ -351,6 +358,7 @@ class ExplainResult:
     n_used: int
     n_excluded: int
     diagnostics: dict[str, float] = field(default_factory=dict)
+    margin_retained: np.ndarray | None = None
 
 
 @dataclass
@@ -366,17 +374,18 @@ class ExplainOutputs:
     sequence_names: list[str]
     n_used: int
     n_excluded: int
+    caution: str = ""  # with the cross-check: sequences whose relevance the decision does not back
 
 
 def prepare_explain(input_nodes: Sequence[Any], reference_node: Any, segmentation_node: Any, segment_id: str,
                     package: Any, target: Any, composite: str | None = None, device: str | None = "auto",
-                    tolerance: float | None = None) -> ExplainRequest:
+                    tolerance: float | None = None, cross_check: bool = False) -> ExplainRequest:
     """Main-thread part of ``explain``: read the inputs and region A (raises on missing/empty)."""
     inputs = prepare_inputs(input_nodes, reference_node, package)
     mask = region_mask(segmentation_node, segment_id, reference_node)
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     return ExplainRequest(inputs, mask, target, composite, device,
-                          segment.GetName() if segment is not None else str(segment_id), tolerance)
+                          segment.GetName() if segment is not None else str(segment_id), tolerance, cross_check)
 
 
 def compute_explanation(request: ExplainRequest, package: Any, model: Any = None,
@@ -407,6 +416,12 @@ def compute_explanation(request: ExplainRequest, package: Any, model: Any = None
         _report(progress, 0.55, "Sequence composition of every voxel")
         composition = pipeline.composition_input(model, x, package, target, request.composite, request.device,
                                                  tolerance)
+        margin_retained = None
+        if request.cross_check:
+            _check_cancel(cancel)
+            _report(progress, 0.8, "Cross-check: each sequence replaced by its mean")
+            margin_retained = pipeline.ablation_input(model, x, package, request.region, target,
+                                                      request.device).margin_retained
     except torch.cuda.OutOfMemoryError as error:
         raise _gpu_memory_error(error) from None
     _check_cancel(cancel)
@@ -420,6 +435,7 @@ def compute_explanation(request: ExplainRequest, package: Any, model: Any = None
         n_used=int(explanation.n_used),
         n_excluded=int(explanation.n_excluded),
         diagnostics=dict(explanation.diagnostics),
+        margin_retained=margin_retained,
     )
 
 
@@ -435,6 +451,7 @@ def publish_explanation(scene: Any, request: ExplainRequest, result: ExplainResu
     folder_name = folder_name or f"LRP {request.region_name}"
     color_table_existed = scene.GetFirstNode(mrml.DIVERGING_COLOR_TABLE_NAME, "vtkMRMLColorTableNode") is not None
     folder = mrml.create_output_folder(scene, folder_name, reference_node)
+    caution = ""
     try:
         _check_cancel(cancel)
         relevance_nodes = mrml.add_relevance_volumes(
@@ -443,10 +460,20 @@ def publish_explanation(scene: Any, request: ExplainRequest, result: ExplainResu
         composition_node = _add_composition_volume(scene, result.composition, names, reference_node,
                                                    f"{folder_name} sequence composition", folder)
         _check_cancel(cancel)
-        table = mrml.update_shares_table(None, scene, names, result.shares,
-                                         extra_columns={"positive share": result.positive_shares},
+        extra_columns = {"positive share": result.positive_shares}
+        if result.margin_retained is not None:
+            extra_columns[MARGIN_COLUMN] = result.margin_retained
+        table = mrml.update_shares_table(None, scene, names, result.shares, extra_columns=extra_columns,
                                          table_name=f"{folder_name} shares", folder_item_id=folder)
         _set_table_counts(table, result.n_used, result.n_excluded)
+        if result.margin_retained is not None:
+            from .evaluation import relevance_without_sensitivity
+
+            flagged = [names[c] for c in relevance_without_sensitivity(result.positive_shares, result.margin_retained)]
+            table.SetAttribute(WITHOUT_SENSITIVITY_ATTRIBUTE, ",".join(flagged))
+            if flagged:
+                caution = (f"Caution: {', '.join(flagged)} get relevance although region A keeps >= 95 % of its "
+                           f"decision margin without them (see the 'decision margin kept' column).")
         chart = mrml.create_shares_bar_chart(scene, table, f"{folder_name} shares chart", folder)
         _check_cancel(cancel)
         if show and relevance_nodes:
@@ -458,13 +485,13 @@ def publish_explanation(scene: Any, request: ExplainRequest, result: ExplainResu
             mrml.remove_nodes(scene, [scene.GetFirstNode(mrml.DIVERGING_COLOR_TABLE_NAME, "vtkMRMLColorTableNode")])
         raise
     return ExplainOutputs(folder, relevance_nodes, composition_node, table, chart,
-                          np.asarray(result.shares), list(names), result.n_used, result.n_excluded)
+                          np.asarray(result.shares), list(names), result.n_used, result.n_excluded, caution)
 
 
 def explain(scene: Any, input_nodes: Sequence[Any], reference_node: Any, segmentation_node: Any, segment_id: str,
             package: Any, target: Any, composite: str | None = None, device: str | None = "auto",
             progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
-            model: Any = None, tolerance: float | None = None) -> ExplainOutputs:
+            model: Any = None, tolerance: float | None = None, cross_check: bool = False) -> ExplainOutputs:
     """Explain region A (a segment) with LRP and create all outputs beside the inputs.
 
     Creates, in one subject-hierarchy folder beside the reference volume: one relevance volume per
@@ -479,6 +506,9 @@ def explain(scene: Any, input_nodes: Sequence[Any], reference_node: Any, segment
         progress: called with (fraction, message).
         cancel: returns True to stop; checked between steps.
         model: an already built model (else ``package.build()``).
+        cross_check: also replace each sequence by its mean and add the kept decision margin as a
+            table column (C + 1 more forward passes); the table's
+            ``WITHOUT_SENSITIVITY_ATTRIBUTE`` names the sequences with relevance but no effect.
 
     Raises:
         ValueError: a missing input (named), no/empty segment ("the segment 'X' is empty: paint region A
@@ -487,7 +517,7 @@ def explain(scene: Any, input_nodes: Sequence[Any], reference_node: Any, segment
     """
     _report(progress, 0.0, "Reading the inputs and region A")
     request = prepare_explain(input_nodes, reference_node, segmentation_node, segment_id, package, target,
-                              composite, device, tolerance)
+                              composite, device, tolerance, cross_check)
     result = compute_explanation(request, package, model, progress, cancel)
     _report(progress, 0.95, "Creating the output nodes")
     outputs = publish_explanation(scene, request, result, reference_node, cancel=cancel)
