@@ -250,7 +250,7 @@ def test_bad_input_is_rejected_with_a_fix(model, volume):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu(volume):
-    """Patches run on the GPU, the blend and the result stay on the CPU: same numbers as on the CPU."""
+    """Same numbers on the GPU as on the CPU; the result comes back on the CPU."""
     gpu_model = seed_unet(base=4, depth=2).float()
     for module in gpu_model.modules():  # see test_engine_exactness.test_cuda_matches_cpu: biases
         if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):  # would absorb the score
