@@ -176,6 +176,23 @@ def test_multi_patch_equals_the_per_voxel_definition(model, volume, blend_weight
     assert torch.allclose(result.sequence_shares, reference.flatten(1).sum(1) / reference.sum(), atol=1e-10)
 
 
+def test_kept_graphs_give_the_same_result_without_retracing(model, volume):
+    region = torch.zeros(VOLUME, dtype=torch.bool)
+    region[3:8, 2:7, 4:10] = True  # inside all 12 patches
+    runs = {gib: sliding_explain_region(model, volume, region, 1, "epsilon_gamma_box", patch_size=PATCH,
+                                        device="cpu", keep_graphs_gib=gib) for gib in (0, 1.0)}
+    touching = int(runs[0].diagnostics["patches_run"])
+    assert touching == len(STARTS)
+    assert runs[0].diagnostics["patches_retraced"] == touching - 1  # the last graph of sweep 1 is reused
+    assert runs[1.0].diagnostics["patches_retraced"] == 0
+    assert torch.equal(runs[0].relevance, runs[1.0].relevance)
+    graph = prepare_graph(model, volume[(slice(None), slice(None)) + window(STARTS[0])], "epsilon")
+    assert graph.nbytes() >= graph.logits.numel() * graph.logits.element_size()
+    with pytest.raises(ValueError, match="keep_graphs_gib"):
+        sliding_explain_region(model, volume, region, 1, "epsilon", patch_size=PATCH, device="cpu",
+                               keep_graphs_gib=-1)
+
+
 def test_composition_gives_the_region_shares(model, volume):
     composition = sliding_sequence_composition(model, volume, 1, "epsilon_gamma_box", patch_size=PATCH,
                                                device="cpu", chunk=2)

@@ -51,7 +51,8 @@ def run_once(name, model, x, region, args, progress=None):
     if name == "prediction":
         return sliding_window_logits(model, x, **common)
     if name == "explain_region":
-        return sliding_explain_region(model, x, region, 1, args.composite, **common)
+        return sliding_explain_region(model, x, region, 1, args.composite, keep_graphs_gib=args.keep_graphs_gib,
+                                      **common)
     return sliding_sequence_composition(model, x, 1, args.composite, **common)
 
 
@@ -95,6 +96,9 @@ def main():
     parser.add_argument("--region-voxels", type=int, default=10000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--composite", default="epsilon")
+    parser.add_argument("--keep-graphs-gib", type=float, default=None,
+                        help="explain_region: memory for patch graphs kept between its two sweeps "
+                             "(default: half the free GPU memory, a quarter of the available RAM)")
     parser.add_argument("--only", choices=MEASUREMENTS)
     parser.add_argument("--skip", nargs="*", default=[], choices=MEASUREMENTS)
     parser.add_argument("--json", type=Path)

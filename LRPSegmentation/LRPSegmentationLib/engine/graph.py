@@ -683,6 +683,29 @@ class Graph:
         self._values = None
         return self
 
+    def nbytes(self) -> int:
+        """Bytes held by this graph's tensors (rule states, folded weights, logits; each storage
+        counted once). Shared model parameters are counted too, so this errs on the high side."""
+        seen: dict[int, int] = {}
+
+        def visit(item, depth: int = 0) -> None:
+            if isinstance(item, torch.Tensor):
+                storage = item.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
+            elif depth < 4 and isinstance(item, (tuple, list)):
+                for element in item:
+                    visit(element, depth + 1)
+            elif depth < 4 and isinstance(item, dict):
+                for element in item.values():
+                    visit(element, depth + 1)
+            elif depth < 4 and hasattr(item, "__dict__") and not isinstance(item, (Node, type)):
+                visit(vars(item), depth + 1)
+
+        for index in self.live:
+            visit(vars(self.nodes[index]))
+        visit(self.logits)
+        return sum(seen.values())
+
     def _consumers(self) -> dict[int, int]:
         counts = {i: 0 for i in self.live}
         for i in self.live:

@@ -174,6 +174,36 @@ def _patch_graph(model: nn.Module, x: torch.Tensor, blend: _Blend, start, compos
     return graph
 
 
+def _graph_budget(keep_graphs_gib: float | None, device: torch.device) -> int:
+    """Bytes the first sweep of `sliding_explain_region` may keep for the second."""
+    if keep_graphs_gib is not None:
+        if not keep_graphs_gib >= 0:
+            raise ValueError(f"keep_graphs_gib must be >= 0 (GiB), got {keep_graphs_gib}")
+        return int(keep_graphs_gib * 2 ** 30)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return _available_ram() // 4
+
+
+def _available_ram() -> int:
+    """MemAvailable of /proc/meminfo in bytes (Linux); 0 where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _room_for(nbytes: int, device: torch.device) -> bool:
+    """Whether a CUDA device still has ``nbytes`` free (always True elsewhere): kept graphs must
+    leave room for the next patch's graph and its passes."""
+    return device.type != "cuda" or torch.cuda.mem_get_info(device)[0] >= nbytes
+
+
 def _report(progress: Progress | None, done: int, total: int) -> None:
     if progress is not None:
         progress(done, total)
@@ -232,16 +262,17 @@ def sliding_explain_region(model: nn.Module, x: torch.Tensor, region, target: in
                            composite: str | Composite = DEFAULT_COMPOSITE, *, patch_size: Sequence[int] | int,
                            overlap: float = DEFAULT_OVERLAP, device: str | torch.device | None = None,
                            tolerance: float = DEFAULT_TOLERANCE, sigma_scale: float = DEFAULT_SIGMA_SCALE,
-                           progress: Progress | None = None) -> RegionExplanation:
+                           progress: Progress | None = None,
+                           keep_graphs_gib: float | None = None) -> RegionExplanation:
     """The seed's region explanation M_A = Σ_{a∈A} M_a / ΣM_a of the Gaussian-blended whole-volume
     prediction (`sliding_window_logits`), exactly (see the module docstring for M_a).
 
     Only patches whose output overlaps A are run, in two sweeps: the first traces each one and runs
     one transposed pass (s_a and the exclusion test need every patch containing a); the second runs
-    one LRP pass per patch from w_p. Patches are processed one at a time, so memory is that of one
-    patch graph plus a few volume-sized tensors; the price is that the second sweep re-traces each
-    patch (one extra forward pass; the last patch of the first sweep is reused). Passes per touching
-    patch: 2 forward, 1 transposed, 1 LRP — independent of |A|. With one patch this is exactly
+    one LRP pass per patch from w_p. The first sweep keeps each patch's traced graph for the second
+    while they fit in ``keep_graphs_gib``; a patch whose graph was not kept is traced again (one
+    extra forward pass; the last patch of the first sweep is always reused). Passes per touching
+    patch: 1-2 forward, 1 transposed, 1 LRP — independent of |A|. With one patch this is exactly
     `explain_region`.
 
     Args:
@@ -256,6 +287,9 @@ def sliding_explain_region(model: nn.Module, x: torch.Tensor, region, target: in
         tolerance: exclude voxels whose map keeps less than this fraction of the relevance injected
             into the patch outputs for them.
         progress: ``progress(done, total)`` after each patch step; total = 2 × touching patches.
+        keep_graphs_gib: memory the kept patch graphs may hold (``Graph.nbytes``); None = half of
+            the free memory of the CUDA device, or a quarter of the available RAM on the CPU (Linux;
+            0 where unknown). 0 keeps one patch graph at a time.
 
     Returns:
         `RegionExplanation` (tensors on the CPU; relevance (C, D, H, W)). ``diagnostics`` adds to those
@@ -275,13 +309,23 @@ def sliding_explain_region(model: nn.Module, x: torch.Tensor, region, target: in
         touching = [start for start in blend.starts if region[blend.slices(start)].any()]
         steps = 2 * len(touching)
 
+        budget = _graph_budget(keep_graphs_gib, x_dev.device)
+        kept: dict[tuple, Graph] = {}
+        kept_bytes = 0
+
         # Sweep 1: s_a and the injected magnitude Σ_p ω_pa Σ_k |c_k y_pak| on the union of the patches.
         total = torch.zeros(spatial, dtype=x_dev.dtype, device=x_dev.device)
         scale = torch.zeros_like(total)
         graph = coefficients = None
+        previous = None
         for done, start in enumerate(touching, 1):
-            graph = None  # free the previous patch's graph before tracing the next
+            if graph is not None and budget > 0:  # keep the previous patch's graph for sweep 2?
+                size = graph.nbytes()
+                if kept_bytes + size <= budget and _room_for(3 * size, x_dev.device):
+                    kept[previous], kept_bytes = graph, kept_bytes + size
+            graph = None  # free the previous patch's graph (unless kept) before tracing the next
             graph = _patch_graph(model, x_dev, blend, start, composite)
+            previous = start
             y = graph.logits
             if coefficients is None:
                 coefficients = target.coefficients(y.shape[1], y.dtype, y.device)
@@ -303,9 +347,13 @@ def sliding_explain_region(model: nn.Module, x: torch.Tensor, region, target: in
 
         # Sweep 2, in reverse so the last graph of sweep 1 is reused (one patch: no re-trace at all).
         relevance = torch.zeros(x_dev.shape[1:], dtype=x_dev.dtype, device=x_dev.device)
+        retraced = 0
         for done, start in enumerate(reversed(touching), len(touching) + 1):
             if graph is None:
+                graph = kept.pop(start, None)
+            if graph is None:
                 graph = _patch_graph(model, x_dev, blend, start, composite)
+                retraced += 1
             weights = blend.omega(start) * inverse[blend.slices(start)]
             if weights.any():  # a patch whose region voxels are all excluded contributes nothing
                 numerator = coefficients.view(1, -1, 1, 1, 1) * graph.logits
@@ -324,6 +372,7 @@ def sliding_explain_region(model: nn.Module, x: torch.Tensor, region, target: in
             "min_abs_conserved_fraction": float(conserved.abs().min()),
             "patches_run": float(len(touching)),
             "patches_total": float(len(blend.starts)),
+            "patches_retraced": float(retraced),
         }
         return RegionExplanation(
             relevance=relevance.cpu(),
