@@ -3,6 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_OUTPUT ?= demo-output
 
 .PHONY: venv test demo bench clean
 
@@ -18,10 +19,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q Testing
 
 demo: $(STAMP)
-	$(PY) -m LRPSegmentationLib.demo --output demo-output
+	$(PY) -m LRPSegmentationLib.demo --output $(DEMO_OUTPUT)
 
 bench: $(STAMP)
 	$(PY) bench/bench_engine.py
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) $(DEMO_OUTPUT)

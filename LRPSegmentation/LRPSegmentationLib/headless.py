@@ -34,6 +34,7 @@ Usage (``Testing/conftest.py`` has the pytest fixture; ``scene.py`` writes .mrml
 """
 from __future__ import annotations
 
+import atexit
 import tempfile
 import types
 
@@ -111,6 +112,20 @@ class _SlicerSession:
             slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, self._remove_subject_hierarchy_item_of_data_node
         )
 
+    def shut_down(self) -> None:
+        """Close the scene completely and detach the slice logics before anything is destroyed.
+
+        Without this, interpreter exit destroys the logics in garbage-collection order: the colour
+        logic's destructor removes its default colour nodes from a scene whose slice logics are
+        already freed but still observed, and the process dies with a segmentation fault after
+        all work is done (exit status 139).
+        """
+        self.scene.RemoveAllObservers()
+        self.scene.Clear(True)  # singletons too: nothing left for a destructor to remove
+        for index in reversed(range(self.slice_logics.GetNumberOfItems())):
+            self.slice_logics.GetItemAsObject(index).SetMRMLScene(None)
+        self.application_logic.SetSliceLogics(vtk.vtkCollection())
+
     def _create_slice_views(self) -> None:
         """Slice nodes + slice composite nodes, as the layout manager creates them."""
         slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene, True)
@@ -164,7 +179,19 @@ def start_slicer() -> slicer.vtkMRMLScene:
         _session = _SlicerSession()
         slicer.mrmlScene = _session.scene
         slicer.modules = types.SimpleNamespace(**_session.modules)
+        atexit.register(stop_slicer)
     return _session.scene
+
+
+def stop_slicer() -> None:
+    """Shut the headless application down (registered to run at interpreter exit).
+
+    Safe to call more than once; a later `start_slicer` starts a fresh one.
+    """
+    global _session
+    if _session is not None:
+        session, _session = _session, None
+        session.shut_down()
 
 
 def application_logic() -> slicer.vtkSlicerApplicationLogic:
