@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, Composite, Target, check_region, compute_context,
+from .engine import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, Composite, Target, check_logits, check_region, compute_context,
                      explain_region, sliding_explain_region, sliding_window_logits)
 from .engine.region import as_target
 
@@ -184,7 +184,7 @@ def _logits_fn(model: nn.Module, device, window, overlap: float):
             if out.dim() != 5 or tuple(out.shape[2:]) != tuple(x.shape[2:]):
                 raise ValueError(f"the model must return logits (N, K, D, H, W) on the input grid "
                                  f"{tuple(x.shape[2:])}, got {tuple(out.shape)}")
-            return out.cpu()
+            return check_logits(out).cpu()
 
     return logits
 

@@ -9,8 +9,8 @@
 from .composites import COMPOSITES, Composite, input_box_bounds, make_composite
 from .graph import Graph, UnsupportedOperationError, trace
 from .region import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, RegionExplanation, Target, compute_context,
-                     check_region, explain_region, explain_voxel, prepare_graph, region_shares, resolve_device,
-                     sequence_composition)
+                     check_logits, check_region, explain_region, explain_voxel, prepare_graph, region_shares,
+                     resolve_device, sequence_composition)
 from .sliding import (gaussian_importance, patch_grid, sliding_explain_region, sliding_sequence_composition,
                       sliding_window_logits)
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, WSquare, ZBox, ZPlus
@@ -19,8 +19,8 @@ __all__ = [
     "COMPOSITES", "Composite", "input_box_bounds", "make_composite",
     "Graph", "UnsupportedOperationError", "trace",
     "DEFAULT_COMPOSITE", "DEFAULT_TOLERANCE", "RegionExplanation", "Target", "compute_context",
-    "check_region", "explain_region", "explain_voxel", "prepare_graph", "region_shares", "resolve_device",
-    "sequence_composition",
+    "check_logits", "check_region", "explain_region", "explain_voxel", "prepare_graph", "region_shares",
+    "resolve_device", "sequence_composition",
     "gaussian_importance", "patch_grid", "sliding_explain_region", "sliding_sequence_composition",
     "sliding_window_logits",
     "AlphaBeta", "Epsilon", "Flat", "Gamma", "Rule", "WSquare", "ZBox", "ZPlus",

@@ -1,8 +1,9 @@
 """Composites: which rule each layer of a network gets (Zennit's names and defaults).
 
-A composite maps a layer to a rule by its kind — the first layer (reading the input sequences
-directly), convolutions (plain and transposed), dense layers, and per-channel affine maps that
-could not be folded into a neighbouring layer. Sums of branches (residual additions) and average
+A composite maps a layer to a rule by its kind — the first layer (the one reading the input
+sequences, directly or through operations that leave their values unchanged: eval dropout,
+Identity, copies, dtype casts, no-op reshapes), convolutions (plain and transposed), dense layers,
+and per-channel affine maps that could not be folded into a neighbouring layer. Sums of branches (residual additions) and average
 pooling always use the z-rule with the composite's stabilizer (Zennit's ``Norm``); activations,
 max pooling, concatenation and resampling pass relevance through (see ``graph``).
 """

@@ -85,19 +85,24 @@ class InputNode(Node):
 
 
 class LayerNode(Node):
-    """A convolution, dense layer or per-channel affine map; its rule comes from the composite."""
+    """A convolution, dense layer or per-channel affine map; its rule comes from the composite.
+
+    ``reads_input``: whether the layer's input is the model input itself, directly or through
+    pass-through operations (set by the tracer); such a layer gets the composite's first-layer rule.
+    """
 
     reads_values = True
 
     def __init__(self, inputs, name, layer: LinearLayer, kind: str) -> None:
         super().__init__(inputs, name)
         self.layer, self.kind = layer, kind
+        self.reads_input = False
         self.rule = None
         self.state = None
         self.input_shape = None
 
     def prepare(self, values, index, composite):
-        self.rule = composite.rule_for(self.kind, is_first=self.inputs[0] == 0)
+        self.rule = composite.rule_for(self.kind, is_first=self.reads_input)
         x = values[self.inputs[0]]
         self.input_shape = x.shape
         self.state = self.rule.prepare(self.layer, x, values[index])
@@ -365,6 +370,8 @@ class _Tracer(TorchFunctionMode):
         self.values: list[Any] = [x]
         self.consumers: list[int] = [0]
         self.module_stack: list[str] = []
+        # Nodes whose value is the model input unchanged (node 0, and pass-throughs of it).
+        self.input_like: set[int] = {0}
         setattr(x, _TAG, (self.id, 0))
 
     # -- tags --------------------------------------------------------------------------------
@@ -386,6 +393,8 @@ class _Tracer(TorchFunctionMode):
     def add(self, node: Node, value: torch.Tensor) -> torch.Tensor:
         for i in node.inputs:
             self.consumers[i] += 1
+        if isinstance(node, LayerNode):
+            node.reads_input = node.inputs[0] in self.input_like
         self.nodes.append(node)
         self.values.append(value)
         self.consumers.append(0)
@@ -463,6 +472,14 @@ class _Tracer(TorchFunctionMode):
         if func in _CAT:
             return self._cat
         return None
+
+    def _note_pass_through(self, index: int, out: torch.Tensor) -> None:
+        """Mark ``out`` (the newest node) as the model input when it holds exactly the values of
+        input-like node ``index``: the first-layer rule (z^B, flat, w²) belongs to the layer that
+        reads the input, whatever copies, casts, eval dropouts or no-op reshapes come before it."""
+        before = self.values[index]  # the kept copy if an in-place op overwrote it
+        if index in self.input_like and out.shape == before.shape and torch.equal(out, before.to(out.dtype)):
+            self.input_like.add(len(self.nodes) - 1)
 
     # -- handlers ----------------------------------------------------------------------------
     def _constant(self, t, what: str):
@@ -555,7 +572,11 @@ class _Tracer(TorchFunctionMode):
         if func in (torch.prelu, F.prelu):
             self._constant(args[1] if len(args) > 1 else kwargs["weight"], "a PReLU weight")
         out = func(*args, **kwargs)
-        return self.add(PassNode((self.index_of(x),), f"{self.where}: {name}"), out)
+        index = self.index_of(x)
+        out = self.add(PassNode((index,), f"{self.where}: {name}"), out)
+        if func not in _ACTIVATIONS:  # dropout in eval, copies, casts
+            self._note_pass_through(index, out)
+        return out
 
     def _max_pool(self, func, name, args, kwargs):
         a = _bind(_maxpool_sig, args, kwargs)
@@ -589,7 +610,10 @@ class _Tracer(TorchFunctionMode):
         else:
             fn = lambda t: func(t, *rest, **kwargs)  # noqa: E731
         out = func(*args, **kwargs)
-        return self.add(AdjointNode((self.index_of(x),), f"{self.where}: {name}", fn, x.shape), out)
+        index = self.index_of(x)
+        out = self.add(AdjointNode((index,), f"{self.where}: {name}", fn, x.shape), out)
+        self._note_pass_through(index, out)
+        return out
 
     def _add(self, func, name, args, kwargs):
         a = _bind(_binary_sig, args, kwargs)

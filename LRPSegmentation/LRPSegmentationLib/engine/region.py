@@ -16,6 +16,7 @@ excluded, counted and reported; nothing is ever divided by zero.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -95,14 +96,59 @@ class RegionExplanation:
 # --------------------------------------------------------------------------------------------
 # Input checks and the compute context
 # --------------------------------------------------------------------------------------------
+_DEVICES = "use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU."""
+    """The compute device: ``None``/``"auto"`` is CUDA when available, else the CPU.
+
+    Raises:
+        ValueError: a string torch cannot parse ("gpu", "cuda:x"), a device other than the CPU or
+            CUDA (the "meta" device holds no values), CUDA on a machine without it, or a CUDA
+            index the machine does not have.
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available; use device='cpu'")
-    return device
+    try:
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(type(device).__name__)
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; {_DEVICES}") from None
+    if resolved.type == "meta":
+        raise ValueError(f"device 'meta' holds no data (shapes only) and cannot compute; {_DEVICES}")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; {_DEVICES}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {resolved} requested but CUDA is not available; use device='cpu'")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {resolved} requested but this machine has {count} CUDA device(s) "
+                             f"(cuda:0 to cuda:{count - 1})")
+    return resolved
+
+
+def _refuse_meta(t: torch.Tensor, what: str) -> None:
+    """Tensors on the meta device have a shape but no values: nothing can be computed from them."""
+    if t.device.type == "meta":
+        raise ValueError(f"{what} is on the meta device (a shape without values); pass a tensor with data, "
+                         "e.g. on the CPU")
+
+
+def check_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Return ``logits`` if they are all finite; NaN/Inf logits have no argmax and no explanation,
+    and would otherwise come out as "all background" or "every voxel excluded".
+
+    Raises:
+        ValueError: saying how many values are not finite.
+    """
+    finite = torch.isfinite(logits)
+    if not finite.all():
+        raise ValueError(f"the model's logits contain {int((~finite).sum())} NaN/Inf values (of {logits.numel()}): "
+                         "the network overflows on this input; check its weights (e.g. trained in another "
+                         "precision) and the input's normalization")
+    return logits
 
 
 def _check_model_and_input(model: nn.Module, x: torch.Tensor) -> torch.dtype:
@@ -113,6 +159,10 @@ def _check_model_and_input(model: nn.Module, x: torch.Tensor) -> torch.dtype:
                          "call model.eval() first")
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor of shape (1, C, D, H, W), got {type(x).__name__}")
+    _refuse_meta(x, "x")
+    if any(t.device.type == "meta" for t in itertools.chain(model.parameters(), model.buffers())):
+        raise ValueError("the model's weights are on the meta device (shapes without values); load its weights "
+                         "first (e.g. ModelPackage.build())")
     if x.dim() != 5 or x.shape[0] != 1:
         raise ValueError(f"x must have shape (1, C, D, H, W) (one case, C sequences), got {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -161,10 +211,13 @@ def prepare_graph(model: nn.Module, x: torch.Tensor, composite: str | Composite)
         raise ValueError(f"the model failed on an input of shape {tuple(x.shape)}: {error}") from error
     if graph.logits.dim() != 5 or graph.logits.shape[0] != 1:
         raise ValueError(f"the model must return logits of shape (1, K, D, H, W), got {tuple(graph.logits.shape)}")
+    check_logits(graph.logits)
     return graph.prepare(resolve_composite(composite, x))
 
 
 def check_region(region, spatial: torch.Size, device: torch.device) -> torch.Tensor:
+    if isinstance(region, torch.Tensor):
+        _refuse_meta(region, "region")
     region = torch.as_tensor(np.asarray(region) if not isinstance(region, torch.Tensor) else region)
     if region.dtype != torch.bool:
         if region.is_floating_point() or not ((region == 0) | (region == 1)).all():

@@ -37,8 +37,8 @@ from torch import nn
 
 from .composites import Composite, resolve_composite
 from .graph import Graph
-from .region import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, RegionExplanation, Target, as_target, check_region,
-                     check_tolerance, compute_context, prepare_graph)
+from .region import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, RegionExplanation, Target, as_target, check_logits,
+                     check_region, check_tolerance, compute_context, prepare_graph)
 
 #: Smallest Gaussian importance (relative to the centre). Like MONAI's clamp: every voxel of a patch
 #: keeps a positive weight, so every voxel of the volume has a positive total weight.
@@ -247,6 +247,7 @@ def sliding_window_logits(model: nn.Module, x: torch.Tensor, patch_size: Sequenc
                 raise ValueError(f"the model failed on patches of shape {tuple(patches.shape)}: {error}") from error
             logits = out[0] if isinstance(out, (tuple, list)) else out
             _check_patch_output(logits, blend.patch, len(starts))
+            check_logits(logits)
             if accumulated is None:
                 accumulated = logits.new_zeros((1, logits.shape[1]) + tuple(x_dev.shape[2:]))
             for y, start in zip(logits, starts):

@@ -22,6 +22,8 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from .limits import MAX_FEATURES, MAX_IO_CHANNELS, MAX_KERNEL, integer, integers
+
 _INSTALL_HINT = "MONAI is not installed: pip install monai  (or pip install 'lrpsegmentation[monai]')"
 
 
@@ -33,7 +35,14 @@ def monai_available() -> bool:
         return False
 
 
-def _nets():
+def _check_io(in_channels: Any, out_channels: Any, spatial_dims: Any) -> None:
+    """Checks shared by the builders, run before MONAI allocates anything (see ``limits``)."""
+    integer(in_channels, "in_channels", 1, MAX_IO_CHANNELS)
+    integer(out_channels, "out_channels", 1, MAX_IO_CHANNELS)
+    integer(spatial_dims, "spatial_dims", 1, 3)
+
+
+def nets():
     """``monai.networks.nets``, or a ValueError saying how to install MONAI."""
     try:
         from monai.networks import nets
@@ -59,8 +68,12 @@ def build_monai_unet(in_channels: int = 6, out_channels: int = 2,
 
     Shapes: (N, C, D, H, W) → (N, K, D, H, W); D, H, W divisible by ``prod(strides)``.
     """
-    return _nets().UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                        channels=channels, strides=strides, num_res_units=num_res_units, **kwargs)
+    _check_io(in_channels, out_channels, spatial_dims)
+    integers(channels, "channels", MAX_FEATURES)
+    integers(strides, "strides", MAX_KERNEL, nested=True)
+    integer(num_res_units, "num_res_units", 0, 16)
+    return nets().UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                       channels=channels, strides=strides, num_res_units=num_res_units, **kwargs)
 
 
 def build_monai_basic_unet(in_channels: int = 6, out_channels: int = 2,
@@ -79,8 +92,10 @@ def build_monai_basic_unet(in_channels: int = 6, out_channels: int = 2,
     Shapes: (N, C, D, H, W) → (N, K, D, H, W); any D, H, W with D·H·W ≥ 32·16·16 or so (the
     bottleneck, 1/16 of each axis rounded down, needs more than one voxel).
     """
-    return _nets().BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                             features=features, **kwargs)
+    _check_io(in_channels, out_channels, spatial_dims)
+    integers(features, "features", MAX_FEATURES, count=6)
+    return nets().BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                            features=features, **kwargs)
 
 
 def build_monai_dynunet(in_channels: int = 6, out_channels: int = 2,
@@ -111,12 +126,18 @@ def build_monai_dynunet(in_channels: int = 6, out_channels: int = 2,
 
     Shapes: (N, C, D, H, W) → (N, K, D, H, W) in eval; D, H, W divisible by ``prod(strides)``.
     """
+    _check_io(in_channels, out_channels, spatial_dims)
+    integers(kernel_size, "kernel_size", MAX_KERNEL, nested=True)
+    integers(strides, "strides", MAX_KERNEL, nested=True)
+    if filters is not None:
+        integers(filters, "filters", MAX_FEATURES)
     if upsample_kernel_size is None:
         upsample_kernel_size = list(strides[1:])
-    return _nets().DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                           kernel_size=kernel_size, strides=strides, upsample_kernel_size=upsample_kernel_size,
-                           filters=filters, deep_supervision=deep_supervision, deep_supr_num=deep_supr_num,
-                           res_block=res_block, **kwargs)
+    integers(upsample_kernel_size, "upsample_kernel_size", MAX_KERNEL, nested=True)
+    return nets().DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                          kernel_size=kernel_size, strides=strides, upsample_kernel_size=upsample_kernel_size,
+                          filters=filters, deep_supervision=deep_supervision, deep_supr_num=deep_supr_num,
+                          res_block=res_block, **kwargs)
 
 
 #: Architecture name → builder; ``registry`` offers these names when MONAI is available.

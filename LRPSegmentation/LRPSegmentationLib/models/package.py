@@ -56,7 +56,7 @@ from torch import nn
 
 from ..engine import COMPOSITES, DEFAULT_COMPOSITE, Composite, make_composite
 from ..imaging import validate_normalization
-from .registry import build_architecture
+from .registry import build_architecture, build_on_meta
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PACKAGE_SUFFIX", "METADATA_FILE", "WEIGHTS_FILE", "ModelPackage",
            "create_package", "load_package"]
@@ -148,7 +148,22 @@ def _state_dict(value: Any) -> dict[str, torch.Tensor]:
     bad = [k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(f"state_dict must map names to tensors; bad entries: {bad[:_LISTED]}")
-    return {k: v.detach().cpu().contiguous() for k, v in value.items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in value.items()}
+    _check_finite(state)
+    return state
+
+
+def _check_finite(state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse NaN/Inf weights: such a network predicts nothing meaningful (e.g. all background), and
+    a checksum only proves that the file is the one that was saved, not that its values are sane."""
+    bad = [(k, int((~torch.isfinite(v)).sum()), v.numel()) for k, v in state.items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        bad.sort(key=lambda item: _natural(item[0]))
+        more = f", … ({len(bad) - _LISTED} more)" if len(bad) > _LISTED else ""
+        listed = ", ".join(f"{k} ({n} of {total} values)" for k, n, total in bad[:_LISTED])
+        raise ValueError(f"the weights contain NaN/Inf in {len(bad)} tensor(s): {listed}{more}; a network with "
+                         "such weights gives no meaningful output — fix the training or export the weights again")
 
 
 def _shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -393,11 +408,16 @@ class ModelPackage:
             K = len(class_names).
 
         Raises:
-            ValueError: unknown architecture, or weights that do not fit it (missing/unexpected
-                keys, shape mismatches).
+            ValueError: unknown architecture, arguments out of range or a network over the size
+                limit (checked before allocating), weights that do not fit it (missing/unexpected
+                keys, shape mismatches), or NaN/Inf weights.
         """
-        model = build_architecture(self.architecture, **self.architecture_kwargs)
+        _check_finite(self.state_dict)  # again: the dict may have been changed since construction
+        # Sized and matched on the meta device first: nothing is allocated for a network that fails.
+        model, on_meta = self._shape_model()
         self._raise_on_mismatch({k: v.shape for k, v in model.state_dict().items()})
+        if on_meta:
+            model = build_architecture(self.architecture, **self.architecture_kwargs)
         model.to(device=device, dtype=dtype or self.weights_dtype)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
@@ -417,12 +437,11 @@ class ModelPackage:
     def _shape_model(self) -> tuple[nn.Module, bool]:
         """The network for shape checks, in eval: on the "meta" device (no memory, no compute) when
         its builder allows, else on the CPU. Returns (model, on_meta)."""
-        try:
-            with torch.device("meta"):
-                model = build_architecture(self.architecture, **self.architecture_kwargs)
+        model = build_on_meta(self.architecture, **self.architecture_kwargs)
+        if model is not None:
             return model.eval(), True
-        except (RuntimeError, NotImplementedError):  # a builder computing on tensors at init
-            return build_architecture(self.architecture, **self.architecture_kwargs).eval(), False
+        # A builder computing on tensors at init.
+        return build_architecture(self.architecture, **self.architecture_kwargs).eval(), False
 
     def check_architecture(self) -> None:
         """Check, without allocating the network, that the weights fit the architecture and that a

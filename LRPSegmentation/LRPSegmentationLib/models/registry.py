@@ -11,14 +11,21 @@ Built-in names:
   ``monai_nets``), available when MONAI is installed (``pip install monai``).
 
 Any other network the engine can explain can be added with `register_architecture`.
+
+Every network is first built on PyTorch's "meta" device (no memory) and refused when it would have
+more than ``limits.MAX_PARAMETERS`` values, so that a package's arguments can never make the tool
+allocate an absurd network; the built-in builders also check their arguments' ranges.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from . import monai_nets
+from .limits import MAX_PARAMETERS
 from .unet3d import UNet3D
 
 #: A builder takes the architecture's keyword arguments and returns a new (randomly initialized)
@@ -93,6 +100,7 @@ def get_builder(name: str) -> Builder:
         if not monai_nets.monai_available():
             raise ValueError(f"architecture {name!r} needs MONAI, which is not installed: "
                              "pip install monai  (or pip install 'lrpsegmentation[monai]')")
+        monai_nets.nets()  # import MONAI here, never first inside `build_on_meta`'s meta-device context
         return monai_nets.MONAI_BUILDERS[name]
     hint = ""
     if isinstance(name, str) and name.startswith("monai."):
@@ -104,22 +112,8 @@ def get_builder(name: str) -> Builder:
                      "Add your own with register_architecture(name, builder).")
 
 
-def build_architecture(name: str, **kwargs: Any) -> nn.Module:
-    """A new, randomly initialized network of architecture ``name``.
-
-    Args:
-        name: a registered name (see `available_architectures`).
-        **kwargs: the builder's keyword arguments (e.g. ``in_channels=6, out_channels=2``).
-
-    Returns:
-        The network in training mode, as the builder made it (callers load weights, then call
-        ``eval()``).
-
-    Raises:
-        ValueError: unknown name, keyword arguments the builder rejects, or a builder that does not
-            return an ``nn.Module``.
-    """
-    builder = get_builder(name)
+def _call(name: str, builder: Builder, kwargs: dict[str, Any]) -> nn.Module:
+    """``builder(**kwargs)``; its argument errors become a ValueError naming the architecture."""
     try:
         model = builder(**kwargs)
     except (TypeError, ValueError, AssertionError) as error:
@@ -130,3 +124,56 @@ def build_architecture(name: str, **kwargs: Any) -> nn.Module:
         raise ValueError(f"the builder of architecture {name!r} returned {type(model).__name__}, "
                          "not a torch.nn.Module")
     return model
+
+
+def build_on_meta(name: str, **kwargs: Any) -> nn.Module | None:
+    """Architecture ``name`` built on PyTorch's "meta" device (shapes only: nothing is allocated),
+    after checking its size against `limits.MAX_PARAMETERS`.
+
+    Returns:
+        The network (in training mode, as built), or None when its builder computes on tensors
+        while building, which the meta device cannot do.
+
+    Raises:
+        ValueError: unknown name, arguments the builder rejects (also impossible shapes such as a
+            negative channel count), or a network with more than ``MAX_PARAMETERS`` values.
+    """
+    builder = get_builder(name)
+    try:
+        with torch.device("meta"):
+            model = _call(name, builder, kwargs)
+    except NotImplementedError:
+        return None
+    except RuntimeError as error:
+        if "meta" in str(error).lower():  # needs real values (e.g. .item() at init)
+            return None
+        # Negative or overflowing tensor sizes: the arguments describe no buildable network.
+        raise ValueError(f"cannot build architecture {name!r} with arguments {kwargs!r}: {error}") from None
+    count = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()))
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"architecture {name!r} with arguments {kwargs!r} would have {count:.3g} parameters; "
+                         f"the limit is {MAX_PARAMETERS:.0e} ({MAX_PARAMETERS * 4 / 1e9:.0f} GB in float32): "
+                         "check the sizes in its arguments")
+    return model
+
+
+def build_architecture(name: str, **kwargs: Any) -> nn.Module:
+    """A new, randomly initialized network of architecture ``name``.
+
+    It is first built on the meta device (`build_on_meta`), so that absurd arguments fail before
+    any memory is allocated; builders that cannot run there are built directly.
+
+    Args:
+        name: a registered name (see `available_architectures`).
+        **kwargs: the builder's keyword arguments (e.g. ``in_channels=6, out_channels=2``).
+
+    Returns:
+        The network in training mode, as the builder made it (callers load weights, then call
+        ``eval()``).
+
+    Raises:
+        ValueError: unknown name, keyword arguments the builder rejects, a network larger than
+            ``limits.MAX_PARAMETERS``, or a builder that does not return an ``nn.Module``.
+    """
+    build_on_meta(name, **kwargs)
+    return _call(name, get_builder(name), kwargs)

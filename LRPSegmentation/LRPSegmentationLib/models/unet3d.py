@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .limits import MAX_DEPTH, MAX_FEATURES, MAX_IO_CHANNELS, integer
+
 
 def _activation(name: str) -> nn.Module:
     if name == "relu":
@@ -45,21 +47,30 @@ class UNet3D(nn.Module):
     """3D U-Net returning logits.
 
     Args:
-        in_channels: number of input sequences C.
-        out_channels: number of classes K.
-        base_channels: feature channels of the first level; level k has ``base_channels * 2**k``.
-        depth: number of 2× downsamplings. Input D, H, W must be divisible by ``2**depth``.
+        in_channels: number of input sequences C (1..1024).
+        out_channels: number of classes K (1..1024).
+        base_channels: feature channels of the first level; level k has ``base_channels * 2**k``
+            (1..65536; the registry also bounds the total size, see ``limits``).
+        depth: number of 2× downsamplings (1..8). Input D, H, W must be divisible by ``2**depth``.
         head_bias: whether the final 1×1×1 convolution has a bias (see the module docstring).
         activation: "relu" (the seed's) or "leaky_relu" (slope 0.01).
 
     Shapes: input (N, C, D, H, W) → logits (N, K, D, H, W).
+
+    Raises:
+        ValueError: an argument out of its range (named), before anything is allocated.
     """
 
     def __init__(self, in_channels: int = 6, out_channels: int = 2, base_channels: int = 32,
                  depth: int = 4, head_bias: bool = True, activation: str = "relu") -> None:
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+        # Checked before any layer exists: model.json chooses these (see `limits`).
+        in_channels = integer(in_channels, "in_channels", 1, MAX_IO_CHANNELS)
+        out_channels = integer(out_channels, "out_channels", 1, MAX_IO_CHANNELS)
+        base_channels = integer(base_channels, "base_channels", 1, MAX_FEATURES)
+        depth = integer(depth, "depth", 1, MAX_DEPTH)
+        if not isinstance(head_bias, bool):
+            raise ValueError(f"head_bias must be true or false, got {head_bias!r}")
         widths = [base_channels * 2 ** k for k in range(depth + 1)]
         self.depth = depth
         self.encoders = nn.ModuleList()
