@@ -11,7 +11,7 @@ from LRPSegmentationLib import pipeline
 from LRPSegmentationLib.demo import phantom_case
 from LRPSegmentationLib.engine import explain_region, sequence_composition
 from LRPSegmentationLib.models import UNet3D, create_package
-from LRPSegmentationLib.phantom import SEQUENCES
+from LRPSegmentationLib.phantom import SEQUENCES, default_spacing
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,9 @@ def package():
     model = UNet3D(6, 2, 4, 2).eval()
     return create_package(model, "unet3d", {"in_channels": 6, "out_channels": 2, "base_channels": 4, "depth": 2},
                           list(SEQUENCES), normalization={"type": "zscore", "mask": "foreground"},
-                          class_names=["background", "tumour"], target_spacing=(3.75, 3.75, 5.0),
+                          class_names=["background", "tumour"],
+                          # the (x, y, z) spacing of the (16, 32, 32) phantom cases below: no resampling
+                          target_spacing=default_spacing((16, 32, 32))[::-1],
                           patch_size=(16, 32, 32), name="tiny", composite="epsilon")
 
 

@@ -37,7 +37,7 @@ def make_package(model: UNet3D | None = None, **overrides):
     model = model or make_model()
     options = dict(normalization=NORMALIZATION, class_names=["background", "liver lesion"],
                    class_colors=[(0.0, 0.0, 0.0), (0.9, 0.3, 0.1)], composite="epsilon_gamma_box",
-                   reference_sequence=SEQUENCES[0], target_spacing=(1.0, 1.0, 1.0), patch_size=REFERENCE_SHAPE,
+                   reference_sequence=SEQUENCES[0], target_spacing=(1.5, 1.2, 2.0), patch_size=REFERENCE_SHAPE,
                    name="tiny")
     for bound in ("box_low", "box_high"):
         if bound in overrides:
@@ -147,6 +147,18 @@ def test_segment_missing_input_names_the_sequence(case):
     with pytest.raises(ValueError, match="'T2'"):
         slicer_logic.segment(case.scene, inputs, case.reference, make_package(), device="cpu")
     assert case.scene.GetNumberOfNodes() == before
+
+
+def test_a_reference_at_another_spacing_than_the_model_is_refused(case):
+    """The module creates outputs on the reference's own grid, so a network trained at other voxel
+    sizes would segment silently wrong: refused, naming both spacings (the CLI resamples instead)."""
+    before = case.scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match=r"1\.5 x 1\.2 x 2 mm.*trained at 3 x 3 x 3 mm"):
+        slicer_logic.segment(case.scene, case.inputs, case.reference, make_package(target_spacing=(3.0, 3.0, 3.0)),
+                             device="cpu")
+    assert case.scene.GetNumberOfNodes() == before
+    # within 1 % it is the same spacing
+    slicer_logic.prepare_inputs(case.inputs, case.reference, make_package(target_spacing=(1.51, 1.2, 2.0)))
 
 
 # ------------------------------------------------------------------------------------ explain

@@ -3,11 +3,14 @@
 Data flow::
 
     files (NIfTI, NRRD, MHA/MHD, DICOM series folders)
-      → read_image                      one sitk.Image per sequence
-      → resample_to_reference           every sequence onto the reference sequence's grid
+      → read_image                      one sitk.Image per sequence (truncated files, NaN/Inf refused)
+      → check_intensities               NaN/Inf, subnormal or constant sequences refused
+      → grid_with_spacing               the case grid: the reference sequence's field of view at
+                                        the model's voxel spacing
+      → resample_to_reference           every sequence onto the case grid
       → normalize_sequences             the intensity normalization the model was trained with
       → (C, D, H, W) float32 array      the network input, with its Geometry
-      → write_image / write_label       outputs written back on the reference grid
+      → write_image / write_label       outputs written in patient space
 
 Conventions:
 
@@ -20,9 +23,12 @@ Conventions:
 """
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +41,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "NORMALIZATION_TYPES",
     "Geometry",
+    "check_intensities",
     "find_case_files",
     "foreground_mask",
+    "grid_with_spacing",
     "normalize",
     "normalize_sequences",
     "overlap_fraction",
@@ -307,6 +315,75 @@ def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image,
                          f"missing or the folder mixes acquisitions")
 
 
+# NIfTI datatype codes of floating-point voxels → numpy dtype of one float in them (complex types
+# are pairs of floats). SimpleITK's NIfTI reader (niftilib's nifti_read_buffer) silently replaces
+# NaN and ±Inf in these by 0, so they are looked for in the file itself.
+_NIFTI_FLOAT_TYPES: dict[int, str] = {16: "f4", 32: "f4", 64: "f8", 1792: "f8"}
+_CHUNK_BYTES = 1 << 24
+
+
+def _nifti_layout(header: bytes) -> tuple[str, int, int, int] | None:
+    """(byte order, datatype, voxel data offset, voxel data bytes) from a NIfTI-1 or -2 header."""
+    for order in "<>":
+        header_size = struct.unpack(order + "i", header[:4])[0]
+        if header_size == 348 and len(header) >= 348:  # NIfTI-1
+            dims = struct.unpack(order + "8h", header[40:56])
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if header_size == 540 and len(header) >= 540:  # NIfTI-2
+            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    voxels = math.prod(max(int(n), 1) for n in dims[1:1 + min(max(dims[0], 1), 7)])
+    return order, datatype, max(offset, header_size), voxels * bitpix // 8
+
+
+def _check_nifti_data(path: Path) -> None:
+    """Raise ValueError if a NIfTI file's voxel data is cut short, its gzip stream is corrupt, or
+    it holds NaN/Inf floats. SimpleITK reads all three without a word: missing voxels and NaN/Inf
+    come back as 0."""
+    try:
+        with open(path, "rb") as probe:
+            compressed = probe.read(2) == b"\x1f\x8b"  # by content, as ITK does: names can lie
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            head = stream.read(540)
+            layout = _nifti_layout(head)
+            if layout is None:
+                return  # not a header this check knows; SimpleITK accepted the file
+            order, datatype, offset, expected = layout
+            pending = head[offset:]
+            stream.read(max(offset - len(head), 0))  # header extensions
+            dtype = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype]) if datatype in _NIFTI_FLOAT_TYPES else None
+            received = bad = 0
+            carry = b""  # bytes of a float split across two chunks
+            while received < expected:
+                chunk = pending or stream.read(min(expected - received, _CHUNK_BYTES))
+                pending = b""
+                if not chunk:
+                    break
+                chunk = chunk[: expected - received]
+                received += len(chunk)
+                if dtype is not None:
+                    data = carry + chunk
+                    whole = len(data) // dtype.itemsize * dtype.itemsize
+                    bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:whole], dtype))))
+                    carry = data[whole:]
+            while stream.read(_CHUNK_BYTES):
+                pass  # read to the end so gzip checks its CRC and length trailer
+    except (EOFError, OSError, zlib.error) as error:
+        raise ValueError(f"{path}: the file is truncated or corrupt ({error}); export it again") from error
+    if received < expected:
+        raise ValueError(f"{path}: the file is truncated: it holds {received} of {expected} bytes of "
+                         f"voxel data; export or copy it again")
+    if bad:
+        raise ValueError(f"{path}: {bad} voxels are NaN or infinite; replace them (e.g. by 0) and "
+                         f"save the image again")
+
+
 def read_image(path: PathLike, series_id: str | None = None) -> sitk.Image:
     """Read one 3D scalar volume from an image file or a DICOM series folder.
 
@@ -320,9 +397,9 @@ def read_image(path: PathLike, series_id: str | None = None) -> sitk.Image:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unsupported extension, unreadable file, no or several DICOM series in the
-            folder, unevenly spaced (missing) DICOM slices, not 3D, or more than one component
-            per voxel.
+        ValueError: unsupported extension, unreadable, truncated or corrupt file, NaN or
+            infinite voxels, no or several DICOM series in the folder, unevenly spaced
+            (missing) DICOM slices, not 3D, or more than one component per voxel.
     """
     path = Path(path)
     if not path.exists():
@@ -338,7 +415,11 @@ def read_image(path: PathLike, series_id: str | None = None) -> sitk.Image:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise ValueError(f"{path}: cannot read image: {_itk_reason(error)}") from error
-    return _check_volume(image, path)
+    if _image_extension(path) in (".nii", ".nii.gz"):
+        _check_nifti_data(path)
+    image = _check_volume(image, path)
+    _check_finite(sitk.GetArrayViewFromImage(image), str(path))
+    return image
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +460,8 @@ def overlap_fraction(image: sitk.Image | Geometry, reference: sitk.Image | Geome
 
 
 def resample_to_reference(image: sitk.Image, reference: sitk.Image | Geometry,
-                          interpolation: str = "linear", name: str = "image") -> sitk.Image:
+                          interpolation: str = "linear", name: str = "image",
+                          extrapolate: bool = False) -> sitk.Image:
     """Resample ``image`` onto the reference grid (identity transform, 0 outside ``image``).
 
     Args:
@@ -387,6 +469,8 @@ def resample_to_reference(image: sitk.Image, reference: sitk.Image | Geometry,
         reference: the target grid, as an image or a ``Geometry``.
         interpolation: ``"linear"`` for intensities, ``"nearest"`` for labels.
         name: what to call ``image`` in error messages (e.g. the sequence name).
+        extrapolate: outside ``image``, take the nearest voxel's value instead of 0 (for maps
+            brought back to a grid that reaches a little past them, e.g. logits).
 
     Returns:
         An image with the reference's size, spacing, origin and direction. ``"linear"`` returns
@@ -411,7 +495,39 @@ def resample_to_reference(image: sitk.Image, reference: sitk.Image | Geometry,
         raise ValueError(f"sequence {name} does not overlap the reference grid; are they from "
                          f"the same study/registered? ({name}: {_describe_extent(image_geometry)}"
                          f"; reference: {_describe_extent(reference_geometry)})")
-    return _resample_filter(reference_geometry, _INTERPOLATORS[interpolation]).Execute(image)
+    resampler = _resample_filter(reference_geometry, _INTERPOLATORS[interpolation])
+    resampler.SetUseNearestNeighborExtrapolator(extrapolate)
+    return resampler.Execute(image)
+
+
+def grid_with_spacing(geometry: Geometry, spacing: Sequence[float], rtol: float = 0.01) -> Geometry:
+    """The grid covering ``geometry``'s field of view at another voxel spacing.
+
+    Args:
+        geometry: the source grid (e.g. the reference sequence's).
+        spacing: the wanted (x, y, z) voxel size in mm (e.g. the model's target spacing).
+        rtol: spacings within this relative difference in every axis count as equal.
+
+    Returns:
+        ``geometry`` itself when its spacing equals ``spacing`` within ``rtol`` (no
+        interpolation); otherwise a grid with ``spacing``, the same direction and the same centre,
+        and ``round(size * old spacing / spacing)`` voxels per axis (at least 1), so its extent
+        is as close as whole voxels allow to the source's. The centre, not the first voxel, is
+        kept so the field of view stays symmetric (every new voxel centre lies inside the source
+        volume).
+    """
+    new_spacing = np.asarray(spacing, dtype=np.float64)
+    old_spacing = np.asarray(geometry.spacing)
+    if new_spacing.shape != (3,) or not np.all(np.isfinite(new_spacing) & (new_spacing > 0)):
+        raise ValueError(f"spacing must be three positive (x, y, z) sizes in mm, got {spacing!r}")
+    if np.all(np.abs(old_spacing - new_spacing) <= rtol * new_spacing):
+        return geometry
+    old_size = np.asarray(geometry.size, dtype=np.float64)
+    size = np.maximum(np.rint(old_size * old_spacing / new_spacing), 1.0)
+    # Voxel-index centre of the volume, moved from the old to the new spacing.
+    shift = (old_size - 1.0) / 2.0 * old_spacing - (size - 1.0) / 2.0 * new_spacing
+    origin = np.asarray(geometry.origin) + geometry.direction_matrix @ shift
+    return Geometry(tuple(int(n) for n in size), tuple(new_spacing), tuple(origin), geometry.direction)
 
 
 def _describe_extent(geometry: Geometry) -> str:
@@ -423,22 +539,27 @@ def _describe_extent(geometry: Geometry) -> str:
                                for lo, hi in zip(points.min(axis=1), points.max(axis=1))) + " mm"
 
 
-def read_sequences(sequences: Mapping[str, PathLike | sitk.Image],
-                   reference: str) -> tuple[np.ndarray, Geometry]:
-    """Read a patient's sequences and stack them on the reference sequence's grid.
+def read_sequences(sequences: Mapping[str, PathLike | sitk.Image], reference: str,
+                   spacing: Sequence[float] | None = None) -> tuple[np.ndarray, Geometry]:
+    """Read a patient's sequences and stack them on one grid: the reference sequence's grid, at
+    ``spacing`` when given (see ``grid_with_spacing``).
 
     Args:
         sequences: sequence name → file / DICOM folder path, or an already loaded ``sitk.Image``.
             The channel order is the mapping's order (the order the model expects).
         reference: the name of the sequence whose grid all others are resampled onto.
+        spacing: the (x, y, z) voxel size in mm the stack must have (e.g. the model's target
+            spacing); None keeps the reference's. A reference spacing within 1 % of it is kept.
 
     Returns:
         ``(array, geometry)``: float32 array (C, D, H, W), C = ``len(sequences)``, with channel
         c = the c-th sequence linearly resampled (0 outside its extent; the reference channel
-        is not resampled), and the reference grid.
+        is not resampled when its grid is kept), and the grid.
 
     Raises:
-        ValueError: empty mapping, unknown reference name, unreadable or non-overlapping sequence.
+        ValueError: empty mapping, unknown reference name, unreadable or non-overlapping
+            sequence, or a sequence no normalization can use (``check_intensities``: NaN,
+            infinite or subnormal voxels, a constant image), naming the sequence.
         FileNotFoundError: a path does not exist.
     """
     if not sequences:
@@ -450,18 +571,24 @@ def read_sequences(sequences: Mapping[str, PathLike | sitk.Image],
     def load(name: str) -> sitk.Image:
         source = sequences[name]
         if isinstance(source, sitk.Image):
-            return _check_volume(source, f"sequence {name}")
-        if isinstance(source, (str, os.PathLike)):
-            return read_image(source)
-        raise TypeError(f"sequence {name}: expected a path or sitk.Image, got {type(source)}")
+            image = _check_volume(source, f"sequence {name}")
+        elif isinstance(source, (str, os.PathLike)):
+            image = read_image(source)
+        else:
+            raise TypeError(f"sequence {name}: expected a path or sitk.Image, got {type(source)}")
+        # On the stored voxels: resampling would spread a NaN and hide a constant image.
+        check_intensities(sitk.GetArrayViewFromImage(image), f"sequence {name}")
+        return image
 
     reference_image = load(reference)
     geometry = Geometry.from_image(reference_image)
+    if spacing is not None:
+        geometry = grid_with_spacing(geometry, spacing)
     array = np.empty((len(sequences),) + geometry.array_shape, dtype=np.float32)
     for channel, name in enumerate(sequences):
-        image = reference_image if name == reference else resample_to_reference(
-            load(name), geometry, "linear", name=name)
-        array[channel] = sitk.GetArrayViewFromImage(image)
+        image = reference_image if name == reference else load(name)
+        resampled = resample_to_reference(image, geometry, "linear", name=name)
+        array[channel] = sitk.GetArrayViewFromImage(resampled)  # the view needs `resampled` alive
     return array, geometry
 
 
@@ -536,6 +663,42 @@ def validate_normalization(method: Mapping[str, Any]) -> dict[str, Any]:
     return complete
 
 
+def _check_finite(array: np.ndarray, name: str) -> None:
+    """Raise ValueError if ``array`` has NaN or infinite voxels (they would poison every output)."""
+    if array.dtype.kind in "fc":  # integers are always finite
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(f"{name}: {bad} voxels are NaN or infinite; replace them (e.g. by 0) "
+                             f"and save the image again")
+
+
+def check_intensities(array: np.ndarray, name: str = "image", constant_ok: bool = False) -> None:
+    """Refuse intensities that no normalization can turn into a faithful network input.
+
+    Args:
+        array: the voxels of one sequence, in their stored dtype.
+        name: what to call the sequence in error messages.
+        constant_ok: accept a constant image (for ``{"type": "none"}``, which divides by nothing).
+
+    Raises:
+        ValueError: NaN or infinite voxels; subnormal floats (0 < |v| < the dtype's smallest
+            normal number, e.g. 1.2e-38 for float32: an image scaled so small that its values
+            have lost significant digits, which no rescaling restores); or a constant image.
+    """
+    array = np.asarray(array)
+    _check_finite(array, name)
+    if array.dtype.kind == "f" and array.size:
+        tiny = np.finfo(array.dtype).tiny
+        subnormal = int(np.count_nonzero((np.abs(array) < tiny) & (array != 0)))
+        if subnormal:
+            raise ValueError(f"{name}: {subnormal} voxels are subnormal {array.dtype} numbers "
+                             f"(0 < |value| < {tiny:.3g}): the intensities are scaled so small that "
+                             f"precision is lost; export the image in its usual intensity range")
+    if not constant_ok and array.size and array.min() == array.max():
+        raise ValueError(f"{name} is constant (every voxel = {array.flat[0]:g}); it has no intensity "
+                         f"scale to normalize — check the file")
+
+
 def foreground_mask(array: np.ndarray, threshold: str | float = "otsu") -> np.ndarray:
     """Body/foreground voxels of one MRI volume: those brighter than a threshold.
 
@@ -547,14 +710,21 @@ def foreground_mask(array: np.ndarray, threshold: str | float = "otsu") -> np.nd
             A number: voxels strictly above that intensity (``0`` = the non-zero voxels).
 
     Returns:
-        (D, H, W) bool mask.
+        (D, H, W) bool mask. With ``"otsu"`` it does not depend on the intensity unit: scaling
+        the image by any positive factor gives the same mask (to float rounding).
     """
     array = np.asarray(array)
-    if threshold == "otsu":
-        otsu = sitk.OtsuThresholdImageFilter()
-        otsu.Execute(sitk.GetImageFromArray(array.astype(np.float32, copy=False)))
-        threshold = otsu.GetThreshold()
-    return array > threshold
+    if threshold != "otsu":
+        return array > threshold
+    values = array.astype(np.float64)
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    if 0.0 < peak < math.inf:
+        # ITK's Otsu histogram breaks down for tiny intensity ranges (1e-10 and below); scaling by
+        # a power of two into [-1, 1] first is exact, so the mask ignores the image's unit.
+        values = np.ldexp(values, -math.frexp(peak)[1])
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.Execute(sitk.GetImageFromArray(values.astype(np.float32)))
+    return values > otsu.GetThreshold()
 
 
 def normalize(array: np.ndarray, method: Mapping[str, Any], name: str = "image") -> np.ndarray:
@@ -568,25 +738,23 @@ def normalize(array: np.ndarray, method: Mapping[str, Any], name: str = "image")
     Returns:
         (D, H, W) float32 normalized array (a new array).
 
+    ``zscore`` and ``percentile`` do not depend on the intensity unit: scaling the image by a
+    positive factor gives the same result to float rounding.
+
     Raises:
-        ValueError: invalid method; non-finite voxels; or, for ``zscore``/``percentile``, an
-            image that is constant (inside its mask) or a mask with fewer than 2 voxels —
-            these have no scale to normalize by, and dividing by zero would produce NaN.
+        ValueError: invalid method; NaN, infinite or subnormal voxels (``check_intensities``);
+            or, for ``zscore``/``percentile``, an image that is constant (inside its mask) or a
+            mask with fewer than 2 voxels — these have no scale to normalize by, and dividing by
+            zero would produce NaN.
     """
     method = validate_normalization(method)
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"{name}: expected a (D, H, W) array, got shape {array.shape}")
+    check_intensities(array, name, constant_ok=method["type"] == "none")
     if method["type"] == "none":
         return array.astype(np.float32)
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name}: {int(np.size(array) - np.isfinite(array).sum())} voxels are "
-                         f"NaN or infinite; cannot normalize")
     values = array.astype(np.float64)
-    if values.max() == values.min():
-        raise ValueError(f"{name} is constant (every voxel = {values.flat[0]:g}); it has no "
-                         f"intensity scale to normalize — check the file, or use "
-                         f"{{'type': 'none'}}")
     if method["mask"] == "foreground":
         mask = foreground_mask(values, method["foreground_threshold"])
         statistics_values = values[mask]

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import mrml
-from .imaging import normalize_sequences
+from .imaging import Geometry, grid_with_spacing, normalize_sequences
 
 __all__ = [
     "BackgroundJob",
@@ -171,11 +171,34 @@ def prepare_inputs(input_nodes: Sequence[Any], reference_node: Any, package: Any
             raise ValueError(f"no volume selected for sequence '{name}': select a volume for every input sequence")
     if reference_node is None:
         raise ValueError("no reference volume selected: the outputs are created on its grid")
+    check_reference_spacing(reference_node, package)
     stacked = mrml.arrays_on_reference(input_nodes, reference_node, names)
     methods = getattr(package, "normalization", None)
     if methods:
         stacked = normalize_sequences(stacked, methods, names)
     return InputStack(stacked.astype(np.float32, copy=False), names, tuple(stacked.shape[1:]))
+
+
+def check_reference_spacing(reference_node: Any, package: Any) -> None:
+    """Refuse a reference volume whose voxel spacing is not the model's (beyond 1 %).
+
+    The command line resamples such a case to the model's spacing (`pipeline.load_case`); the
+    module creates its outputs on the reference volume's own grid, so here the network would see
+    voxels of a size it was never trained on and segment silently wrong.
+
+    Raises:
+        ValueError: naming both spacings and how to resample the reference.
+    """
+    target = getattr(package, "target_spacing", None)
+    if not target:
+        return
+    geometry = Geometry.from_ijk_to_ras(mrml.ijk_to_ras_matrix(reference_node), mrml.volume_shape(reference_node))
+    if grid_with_spacing(geometry, target) is not geometry:
+        have = " x ".join(f"{s:.3g}" for s in geometry.spacing)
+        want = " x ".join(f"{s:.3g}" for s in target)
+        raise ValueError(f"the reference volume's voxels are {have} mm, the model was trained at {want} mm: "
+                         "resample the reference volume to the model's spacing (module Resample Scalar Volume) "
+                         "and select the resampled volume as reference")
 
 
 def region_mask(segmentation_node: Any, segment_id: str, reference_node: Any) -> np.ndarray:
