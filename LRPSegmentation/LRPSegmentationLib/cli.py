@@ -25,7 +25,7 @@ import argparse
 import csv
 import json
 import os
-import shutil
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +53,7 @@ class UserError(Exception):
 
 def _one_line(error: BaseException | str) -> str:
     text = str(error) if not isinstance(error, KeyError) else str(error.args[0] if error.args else error)
+    text = re.sub(r"^\[Errno \d+\] ", "", text)  # OSError: "Permission denied: '/x'"
     return " ".join(text.split()) or type(error).__name__
 
 
@@ -304,15 +305,6 @@ def _check_output_file(path: Path, overwrite: bool) -> None:
         raise UserError(f"output already exists: {path}; choose another name or pass --overwrite")
 
 
-def _check_output_folder(folder: Path, names: Sequence[str], overwrite: bool) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--output {folder} is a file; give a folder")
-    existing = [str(folder / n) for n in names if (folder / n).exists()]
-    if existing and not overwrite:
-        raise UserError(f"output already exists: {', '.join(existing[:3])}; choose another output folder or "
-                        "pass --overwrite")
-
-
 # --------------------------------------------------------------------------------------------
 # One case: explain (shared by `explain` and `cohort`)
 # --------------------------------------------------------------------------------------------
@@ -343,17 +335,22 @@ def explain_one(case, package, model, modes: Sequence[str], target_index: int | 
 def cmd_predict(args) -> int:
     from . import pipeline
     from .imaging import write_label
+    from .outputs import atomic_file, writing
 
     output = Path(args.output)
     _check_output_file(output, args.overwrite)
-    with _Steps(["load model", "read case", "segment", "write"], "predict") as steps:
+    # all-or-nothing; creating the temporary file first checks that the output can be written
+    with atomic_file(output, args.overwrite) as temp, \
+            _Steps(["load model", "read case", "segment", "write"], "predict") as steps:
         package, model = load_model(args.model)
         steps.advance("reading the case")
         case = load_case_inputs(package, args.case, args.sequence, announce=False)
         steps.advance("segmenting")
-        _, labels = pipeline.predict(model, pipeline.network_input(case, package), package, args.device)
+        logits, _ = pipeline.predict(model, pipeline.network_input(case, package), package, args.device)
+        labels = pipeline.labels_on_source_grid(case, logits)  # back from the model's spacing
         steps.advance("writing")
-        write_label(labels, case.geometry, output, overwrite=args.overwrite)
+        with writing(temp):
+            write_label(labels, case.source_geometry, temp, overwrite=True)
         steps.advance()
     counts = {name: int((labels == k).sum()) for k, name in enumerate(package.class_names)}
     print(f"segmentation written to {output} ({', '.join(f'{n}: {c} voxels' for n, c in counts.items())})")
@@ -365,12 +362,14 @@ def cmd_predict(args) -> int:
 # --------------------------------------------------------------------------------------------
 def cmd_explain(args) -> int:
     from . import pipeline
+    from .outputs import atomic_folder
 
     output = Path(args.output)
-    _check_output_folder(output, ["summary.json", "segmentation.nrrd"], args.overwrite)
     modes = _region_modes(args)
-    with _Steps(["load model", "read case", "segment", "composition map"] + [f"region {m}" for m in modes]
-                + ["write"], "explain") as steps:
+    # all-or-nothing; creating the temporary folder first checks that the output can be written
+    with atomic_folder(output, args.overwrite, markers=(pipeline.SUMMARY,)) as folder, \
+            _Steps(["load model", "read case", "segment", "composition map"] + [f"region {m}" for m in modes]
+                   + ["write"], "explain") as steps:
         package, model = load_model(args.model)
         target_index = resolve_target(args.target, package.class_names)
         steps.advance("reading the case")
@@ -381,7 +380,7 @@ def cmd_explain(args) -> int:
         for message in empty:
             _note(f"note: {message}; skipped")
         steps.advance("writing outputs")
-        summary = pipeline.write_case_outputs(result, output, package, overwrite=args.overwrite)
+        summary = pipeline.write_case_files(result, folder, package)
         steps.advance()
     print(f"case {case.name}: target {summary['target']}, composite {summary['composite']}")
     names = case.sequences
@@ -428,9 +427,10 @@ class CohortSettings:
 
 
 def case_folder(settings: CohortSettings, name: str) -> Path:
-    from .outputs import safe_name
+    """``OUTPUT/cases/<folder name>``; ValueError for a name that cannot name a folder ("..", "")."""
+    from .outputs import folder_name
 
-    return Path(settings.output) / "cases" / safe_name(name)
+    return Path(settings.output) / "cases" / folder_name(name)
 
 
 _MODEL_CACHE: dict[Any, Any] = {}
@@ -457,62 +457,66 @@ def run_case(spec: CaseSpec, settings: CohortSettings) -> dict[str, Any]:
     """Explain one cohort case into ``OUTPUT/cases/<case>/`` (the same function for every executor).
 
     Finished cases (a ``done.json`` marker, written last) are skipped unless ``settings.overwrite``.
-    The outputs are written into a scratch folder that is renamed when complete, so a case folder
-    exists only when it is finished. Never raises: returns {case, status ("done", "skipped",
+    The outputs are written into a temporary folder, created before the computation (so an
+    unwritable output fails at once) and renamed when complete (`outputs.atomic_folder`): a case
+    folder exists only when it is finished. Never raises: returns {case, status ("done", "skipped",
     "failed"), message, rows (the case's rows of the cohort table), seconds, folder}.
     """
+    from .outputs import atomic_folder
+
     start = time.time()
-    folder = case_folder(settings, spec.name)
     status: dict[str, Any] = {"case": spec.name, "status": "failed", "message": "", "rows": [], "seconds": 0.0,
-                              "folder": str(folder)}
+                              "folder": None}
     try:
+        folder = case_folder(settings, spec.name)
+        status["folder"] = str(folder)
         done = _read_done(folder)
         if done is not None and not settings.overwrite:
             status.update(status="skipped", rows=done.get("rows", []), message="already done",
                           notes=done.get("notes", []))
             return status
-        if folder.exists() and not settings.overwrite:
-            raise UserError(f"{folder} exists but holds no finished case ({DONE_MARKER} is missing); "
-                            "remove it or pass --overwrite")
-        if settings.threads:
-            import torch
-
-            torch.set_num_threads(settings.threads)
-        from . import pipeline
-        from .outputs import write_json
-
-        package, model = _cached_model(settings.model)
-        sources: Any = Path(spec.folder) if spec.folder else dict(spec.sequences or {})
-        if isinstance(sources, dict):
-            unset = [s for s, p in sources.items() if not p]
-            if unset:
-                raise UserError(f"no image given for sequence(s) {unset}")
-            missing = [f"{s}: {p}" for s, p in sources.items() if not Path(p).exists()]
-            if missing:
-                raise UserError(f"image not found ({'; '.join(missing)})")
-            sources = parse_sequence_args([f"{s}={p}" for s, p in sources.items()], package.sequences)
-        case = pipeline.load_case(sources, package, reference_label=spec.reference_label, name=spec.name)
-        mask = read_mask(spec.mask, case.geometry) if spec.mask else None
-        result, empty = explain_one(case, package, model, settings.regions, settings.target, settings.contrast,
-                                    settings.composite, settings.device, mask, allow_empty=True)
-        scratch = folder.parent / f".{folder.name}.incomplete"
-        if scratch.exists():
-            shutil.rmtree(scratch)
-        pipeline.write_case_outputs(result, scratch, package, overwrite=False)
-        rows = result.shares_rows()
-        write_json(scratch / DONE_MARKER, {"case": spec.name, "settings": settings.manifest(), "rows": rows,
-                                           "notes": empty, "seconds": time.time() - start,
-                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if folder.exists():  # settings.overwrite
-            shutil.rmtree(folder)
-        os.replace(scratch, folder)
+        with atomic_folder(folder, settings.overwrite, markers=(DONE_MARKER, "summary.json")) as scratch:
+            rows, empty = _explain_case_into(scratch, spec, settings, start)
         status.update(status="done", rows=rows, notes=empty, message="; ".join(empty))
-    except (UserError, *_USER_ERRORS) as error:
+    except (UserError, OSError, *_USER_ERRORS) as error:
         status["message"] = _one_line(error)
     except Exception as error:  # noqa: BLE001 — one failing case must not stop the cohort
         status["message"] = f"{type(error).__name__}: {_one_line(error)}"
     status["seconds"] = round(time.time() - start, 3)
     return status
+
+
+def _explain_case_into(folder: Path, spec: CaseSpec, settings: CohortSettings, start: float
+                       ) -> tuple[list[dict[str, Any]], list[str]]:
+    """`run_case`'s work: explain the case, write its outputs and ``done.json`` into the empty
+    ``folder``; returns its rows of the cohort table and the notes on empty regions."""
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    from . import pipeline
+    from .outputs import write_json
+
+    package, model = _cached_model(settings.model)
+    sources: Any = Path(spec.folder) if spec.folder else dict(spec.sequences or {})
+    if isinstance(sources, dict):
+        unset = [s for s, p in sources.items() if not p]
+        if unset:
+            raise UserError(f"no image given for sequence(s) {unset}")
+        missing = [f"{s}: {p}" for s, p in sources.items() if not Path(p).exists()]
+        if missing:
+            raise UserError(f"image not found ({'; '.join(missing)})")
+        sources = parse_sequence_args([f"{s}={p}" for s, p in sources.items()], package.sequences)
+    case = pipeline.load_case(sources, package, reference_label=spec.reference_label, name=spec.name)
+    mask = read_mask(spec.mask, case.geometry) if spec.mask else None
+    result, empty = explain_one(case, package, model, settings.regions, settings.target, settings.contrast,
+                                settings.composite, settings.device, mask, allow_empty=True)
+    pipeline.write_case_files(result, folder, package)
+    rows = result.shares_rows()
+    write_json(folder / DONE_MARKER, {"case": spec.name, "settings": settings.manifest(), "rows": rows,
+                                      "notes": empty, "seconds": time.time() - start,
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return rows, empty
 
 
 def read_cohort_cases(source: str | os.PathLike, sequences: Sequence[str]) -> list[CaseSpec]:
@@ -539,7 +543,13 @@ def read_cohort_cases(source: str | os.PathLike, sequences: Sequence[str]) -> li
     with open(source, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        rows: list[tuple[int, dict[str, str]]] = []  # (line number, cells)
+        for row in reader:
+            if None in row:  # more cells than the header: DictReader files the rest under None
+                raise UserError(f"{source}, line {reader.line_num}: {len(columns) + len(row[None])} cells, the "
+                                f"header has {len(columns)}; remove the extra cells (a path with a comma needs "
+                                "quotes)")
+            rows.append((reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items()}))
     by_key = {_sequence_key(s): s for s in sequences}
     column_of: dict[str, str] = {}
     unknown = []
@@ -567,11 +577,17 @@ def read_cohort_cases(source: str | os.PathLike, sequences: Sequence[str]) -> li
     def path(value: str) -> str | None:
         return str((base / value).resolve()) if value else None
 
+    from .outputs import folder_name
+
     specs, seen = [], set()
-    for number, row in enumerate(rows, start=2):
+    for number, row in rows:
         name = row[column_of["case"]]
         if not name:
             raise UserError(f"{source}, line {number}: the case name is empty")
+        try:
+            folder_name(name)  # its output folder: OUTPUT/cases/<name>
+        except ValueError as error:
+            raise UserError(f"{source}, line {number}: case {_one_line(error)}") from None
         if name in seen:
             raise UserError(f"{source}: case {name!r} is listed more than once")
         seen.add(name)
@@ -606,13 +622,42 @@ def _check_manifest(output: Path, settings: CohortSettings) -> None:
                overwrite=True)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Initializer of the local cohort workers: end with the main process, however it ends (kill -9
+    included), instead of running on and then waiting forever for work, holding a model in memory.
+
+    Linux: the kernel sends the worker SIGKILL when its parent ends (prctl PR_SET_PDEATHSIG; the
+    pool starts its workers from the main thread). Elsewhere a thread checks the parent every second.
+    """
+    import signal
+    import threading
+
+    PR_SET_PDEATHSIG = 1
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        watched = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    else:
+        watched = False
+    if not watched:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="lrpseg-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent ended before the watch began
+        os._exit(1)
+
+
 def _run_local(specs: list[CaseSpec], settings: CohortSettings, workers: int, report: Callable) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
     # spawn: forking a process that already runs torch threads can deadlock
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_case, spec, settings): spec for spec in specs}
         for future in as_completed(futures):
             try:
@@ -712,29 +757,23 @@ def cohort_summary(rows: Sequence[Mapping[str, Any]], sequences: Sequence[str]) 
 
 def write_cohort_outputs(output: Path, statuses: list[dict[str, Any]], sequences: Sequence[str],
                          settings: CohortSettings) -> dict[str, Any]:
-    """cohort_shares.csv, cohort_status.csv, cohort_summary.csv/.json and the bar chart(s)."""
+    """cohort_shares.csv, cohort_status.csv, cohort_summary.csv/.json and the bar chart(s); each file
+    replaced all-or-nothing (`outputs.atomic_file`)."""
     from . import figures
-    from .outputs import safe_name, write_json
+    from .outputs import atomic_file, safe_name, write_csv, write_json, writing
 
     rows = [dict(row, region_mode=_region_mode(row["region"])) for s in statuses for row in s.get("rows", [])]
     columns = ["case", "region", "region_mode", "sequence", "share", "positive_share", "voxels_used",
                "voxels_excluded"]
-    with open(output / "cohort_shares.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(output / "cohort_status.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["case", "status", "seconds", "regions", "message"])
-        writer.writeheader()
-        for s in statuses:
-            writer.writerow({"case": s["case"], "status": s["status"], "seconds": s.get("seconds", 0.0),
-                             "regions": " ".join(dict.fromkeys(r["region"] for r in s.get("rows", []))),
-                             "message": s.get("message", "")})
+    write_csv(output / "cohort_shares.csv", rows, columns, overwrite=True)
+    write_csv(output / "cohort_status.csv",
+              [{"case": s["case"], "status": s["status"], "seconds": s.get("seconds", 0.0),
+                "regions": " ".join(dict.fromkeys(r["region"] for r in s.get("rows", []))),
+                "message": s.get("message", "")} for s in statuses],
+              ["case", "status", "seconds", "regions", "message"], overwrite=True)
     summary = cohort_summary(rows, sequences)
-    with open(output / "cohort_summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(summary[0]) if summary else ["region", "sequence"])
-        writer.writeheader()
-        writer.writerows(summary)
+    write_csv(output / "cohort_summary.csv", summary, list(summary[0]) if summary else ["region", "sequence"],
+              overwrite=True)
     modes = list(dict.fromkeys(r["region_mode"] for r in rows))
     charts = {}
     for mode in modes:
@@ -744,8 +783,9 @@ def write_cohort_outputs(output: Path, statuses: list[dict[str, Any]], sequences
                 label = row["case"] if row["region"] == mode else f"{row['case']}/{row['region']}"
                 shares.setdefault(label, [0.0] * len(sequences))[list(sequences).index(row["sequence"])] = row["share"]
         name = "cohort_shares.png" if len(modes) == 1 else f"cohort_shares_{safe_name(mode)}.png"
-        figures.plot_sequence_shares(shares, sequences, output / name,
-                                     title=f"Normalized relevance per sequence, region {mode} ({len(shares)} cases)")
+        with atomic_file(output / name, overwrite=True) as temp, writing(output / name):
+            figures.plot_sequence_shares(shares, sequences, temp, title=f"Normalized relevance per sequence, "
+                                                                        f"region {mode} ({len(shares)} cases)")
         charts[mode] = name
     data = {"settings": settings.manifest(), "sequences": list(sequences),
             "cases": [{k: s.get(k) for k in ("case", "status", "message", "seconds")} for s in statuses],
@@ -757,6 +797,8 @@ def write_cohort_outputs(output: Path, statuses: list[dict[str, Any]], sequences
 
 
 def cmd_cohort(args) -> int:
+    from .outputs import writing
+
     output = Path(args.output).resolve()
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder")
@@ -775,15 +817,19 @@ def cmd_cohort(args) -> int:
                               target=target, contrast=args.contrast, composite=args.composite, device=args.device,
                               overwrite=args.overwrite, threads=threads)
     specs = read_cohort_cases(args.cases, package.sequences)
-    folders: dict[Path, str] = {}
+    folders: dict[str, str] = {}
     for spec in specs:
-        other = folders.setdefault(case_folder(settings, spec.name), spec.name)
+        folder = case_folder(settings, spec.name)
+        # case-insensitively: one folder on macOS and Windows file systems
+        other = folders.setdefault(folder.name.casefold(), spec.name)
         if other != spec.name:
-            raise UserError(f"cases {other!r} and {spec.name!r} would share the output folder "
-                            f"{case_folder(settings, spec.name)}; rename one")
-    output.mkdir(parents=True, exist_ok=True)
-    _check_manifest(output, settings)
-    (output / "cases").mkdir(exist_ok=True)
+            raise UserError(f"cases {other!r} and {spec.name!r} would get the same output folder {folder} "
+                            "(characters other than letters, digits, '-', '_', '.' become '_'; case is "
+                            "ignored); rename one")
+    with writing(output):  # an unwritable output folder fails here, before any case is computed
+        output.mkdir(parents=True, exist_ok=True)
+        _check_manifest(output, settings)
+        (output / "cases").mkdir(exist_ok=True)
 
     statuses: dict[str, dict[str, Any]] = {}
     pending = []
@@ -871,14 +917,15 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from . import evaluation, pipeline
-    from .outputs import safe_name, write_json
+    from .outputs import atomic_folder, safe_name, write_json, writing
 
     output = Path(args.output)
-    _check_output_folder(output, ["evaluation.json", "ablation.csv"], args.overwrite)
     modes = _region_modes(args)
     orders = ("morf", "lerf", "random")
-    with _Steps(["load model", "read case", "segment", "ablation"]
-                + [f"{m} {o}" for m in modes for o in ("explain",) + orders] + ["write"], "evaluate") as steps:
+    # all-or-nothing; creating the temporary folder first checks that the output can be written
+    with atomic_folder(output, args.overwrite, markers=("evaluation.json",)) as folder, \
+            _Steps(["load model", "read case", "segment", "ablation"]
+                   + [f"{m} {o}" for m in modes for o in ("explain",) + orders] + ["write"], "evaluate") as steps:
         package, model = load_model(args.model)
         target_index = resolve_target(args.target, package.class_names)
         target = make_target(target_index, args.contrast, package.class_names)
@@ -958,14 +1005,7 @@ def cmd_evaluate(args) -> int:
                                  for o, c in curves.items()}}
             files.append((name, curves, shares, rho))
         steps.advance("writing")
-        planned = [output / "evaluation.json", output / "ablation.csv"]
-        for name, *_ in files:
-            planned += [output / f"perturbation_{safe_name(name)}.csv", output / f"evaluation_{safe_name(name)}.png"]
-        from .outputs import check_writable
-
-        check_writable(planned, args.overwrite)
-        output.mkdir(parents=True, exist_ok=True)
-        with open(output / "ablation.csv", "w", newline="") as handle:
+        with writing(folder), open(folder / "ablation.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["sequence", "ablated_dice", "dice_drop", "margin_retained"]
                             + [f"share_{n}" for n in report["regions"]])
@@ -973,15 +1013,16 @@ def cmd_evaluate(args) -> int:
                 writer.writerow([sequence, ablation.ablated_dice[c], ablation.drops[c], ablation.margin_retained[c]]
                                 + [r["shares"][sequence] for r in report["regions"].values()])
         for name, curves, shares, rho in files:
-            with open(output / f"perturbation_{safe_name(name)}.csv", "w", newline="") as handle:
+            with writing(folder), open(folder / f"perturbation_{safe_name(name)}.csv", "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["step", "fraction_removed"] + list(curves))
                 for step in range(len(curves["morf"])):
                     writer.writerow([step, curves["morf"].fraction_removed[step]]
                                     + [curves[o].scores[step] for o in curves])
-            _plot_evaluation(output / f"evaluation_{safe_name(name)}.png", curves, case.sequences, shares,
-                             ablation.drops, f"{case.name}: region {name}, {report['target']}", rho)
-        write_json(output / "evaluation.json", report, overwrite=args.overwrite)
+            with writing(folder):
+                _plot_evaluation(folder / f"evaluation_{safe_name(name)}.png", curves, case.sequences, shares,
+                                 ablation.drops, f"{case.name}: region {name}, {report['target']}", rho)
+        write_json(folder / "evaluation.json", report)
         steps.advance()
     print(f"case {case.name}: Dice {ablation.base_dice:.3f} against {truth_source}")
     for name, info in report["regions"].items():
@@ -1151,7 +1192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except (UserError, *_USER_ERRORS) as error:
+    except (UserError, OSError, *_USER_ERRORS) as error:  # OSError: e.g. outputs.WriteError, a full disk
         if args.debug:
             raise
         print(f"error: {_one_line(error)}", file=sys.stderr)

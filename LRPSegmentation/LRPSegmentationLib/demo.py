@@ -83,35 +83,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-scene", action="store_true", help="do not write the 3D Slicer scene")
     args = parser.parse_args(argv)
-    if args.output.is_dir() and any(args.output.iterdir()) and not args.overwrite:
-        # Before minutes of work: the writers would refuse anyway, file by file.
-        print(f"error: the output folder {args.output} already exists and is not empty; choose another "
-              f"--output or pass --overwrite to replace its files", file=sys.stderr)
+    start = time.time()
+    try:
+        # All-or-nothing: everything goes to a temporary folder, renamed to --output when complete
+        # (an interrupted demo leaves the earlier output or none). Entered first: an existing or
+        # unwritable output folder is reported before minutes of work.
+        with outputs.atomic_folder(args.output, args.overwrite, markers=(pipeline.SUMMARY,)) as folder:
+            text = _run(args, folder)
+    except (FileExistsError, ValueError, OSError) as error:  # OSError: e.g. outputs.WriteError (disk full)
+        print(f"error: {error}", file=sys.stderr)
         return 2
+    print(text)
+    print(f"\noutputs in {args.output.resolve()} ({time.time() - start:.0f} s)")
+    return 0
+
+
+def _run(args: argparse.Namespace, folder: Path) -> str:
+    """The demo's work, its outputs written into ``folder``; returns the printed report."""
     from tqdm import tqdm
 
     try:
         package = load_package(args.model)
     except (FileNotFoundError, ValueError) as error:
-        print(f"error: cannot load the model package: {error}", file=sys.stderr)
-        return 2
+        raise ValueError(f"cannot load the model package: {error}") from None
     steps = ["load model", "generate case", "segment", "composition map", "explain regions", "write outputs",
              "write Slicer scene"]
     bar = tqdm(total=len(steps), desc="demo", unit="step")
-    start = time.time()
-    model = package.build()
-    bar.update()
-    shape = tuple(package.training_info.get("phantom_shape", package.patch_size))
-    generated = phantom.generate_case(args.seed, shape=shape)
-    case = case_from_phantom(generated)
-    bar.update()
-
-    def progress(message: str) -> None:
-        bar.set_postfix_str(message)
-        if message.startswith("computing") or message.startswith("explaining region predicted"):
-            bar.update()
-
     try:
+        model = package.build()
+        bar.update()
+        shape = tuple(package.training_info.get("phantom_shape", package.patch_size))
+        generated = phantom.generate_case(args.seed, shape=shape)
+        case = case_from_phantom(generated)
+        bar.update()
+
+        def progress(message: str) -> None:
+            bar.set_postfix_str(message)
+            if message.startswith("computing") or message.startswith("explaining region predicted"):
+                bar.update()
+
         result = pipeline.explain_case(case, model, package, regions="predicted", composite=args.composite,
                                        device=args.device, progress=progress)
         truth = case.reference_label.astype(bool)
@@ -123,33 +133,28 @@ def main(argv: list[str] | None = None) -> int:
                 result.explanations[name] = pipeline.explain_region_of(result, model, package, region,
                                                                        device=args.device)
         bar.update()
-        pipeline.write_case_outputs(result, args.output, package, overwrite=args.overwrite)
+        pipeline.write_case_files(result, folder, package)
         bar.update()
         if not args.no_scene:
             try:
                 from .scene import save_slicer_scene
-                save_slicer_scene(result, args.output, package, overwrite=args.overwrite)
+                save_slicer_scene(result, folder, package)
             except ImportError as error:
                 print(f"note: no 3D Slicer scene written ({error}); install slicer-core to get one",
                       file=sys.stderr)
         bar.update()
-    except (FileExistsError, ValueError) as error:
+    finally:
         bar.close()
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    bar.close()
     ablation = evaluation.sequence_ablation(model, pipeline.network_input(case, package), truth,
                                             target=result.target.index, device=args.device)
     text = report(result, evaluation.dice(result.labels == result.target.index, truth), ablation)
-    print(text)
+    outputs.write_text(folder / "report.txt", text + "\n")
     lesion_table = phantom.CONTRAST_TABLE
-    print("\nphantom lesion contrast vs liver (the truth the shares can be compared with):")
+    lines = [text, "", "phantom lesion contrast vs liver (the truth the shares can be compared with):"]
     for lesion in sorted({lesion.lesion_type for lesion in generated.lesions}):
         ratios = np.array(lesion_table[lesion]) / np.array(lesion_table["liver"])
-        print(f"  {lesion:<11}" + "".join(f"{r:>10.2f}" for r in ratios))
-    print(f"\noutputs in {args.output.resolve()} ({time.time() - start:.0f} s)")
-    outputs.write_text(args.output / "report.txt", text + "\n", overwrite=args.overwrite)
-    return 0
+        lines.append(f"  {lesion:<11}" + "".join(f"{r:>10.2f}" for r in ratios))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
