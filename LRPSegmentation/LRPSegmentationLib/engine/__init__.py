@@ -5,8 +5,11 @@
 - `composites`: which rule each layer gets (Zennit's names).
 - `region`: the seed's voxel and region explanations, and per-sequence composition.
 - `sliding`: the same, exactly, for volumes larger than one network patch (Gaussian-blended windows).
+- `forward`: `TracedForward`, one traced forward pass of a case (whole or windowed) answering the
+  prediction, any number of region explanations and the composition; the functions above wrap it.
 """
 from .composites import COMPOSITES, Composite, input_box_bounds, make_composite
+from .forward import TracedForward
 from .graph import Graph, UnsupportedOperationError, trace
 from .region import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, RegionExplanation, Target, compute_context,
                      check_logits, check_region, explain_region, explain_voxel, prepare_graph, region_shares,
@@ -17,6 +20,7 @@ from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, WSquare, ZBox, ZPlus
 
 __all__ = [
     "COMPOSITES", "Composite", "input_box_bounds", "make_composite",
+    "TracedForward",
     "Graph", "UnsupportedOperationError", "trace",
     "DEFAULT_COMPOSITE", "DEFAULT_TOLERANCE", "RegionExplanation", "Target", "compute_context",
     "check_logits", "check_region", "explain_region", "explain_voxel", "prepare_graph", "region_shares",

@@ -35,10 +35,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .composites import Composite, resolve_composite
-from .graph import Graph
+from .composites import Composite
 from .region import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, RegionExplanation, Target, as_target, check_logits,
-                     check_region, check_tolerance, compute_context, prepare_graph)
+                     check_tolerance, compute_context)
 
 #: Smallest Gaussian importance (relative to the centre). Like MONAI's clamp: every voxel of a patch
 #: keeps a positive weight, so every voxel of the volume has a positive total weight.
@@ -167,15 +166,8 @@ def _check_patch_output(logits: torch.Tensor, patch: tuple[int, int, int], batch
                          "total downsampling factor)")
 
 
-def _patch_graph(model: nn.Module, x: torch.Tensor, blend: _Blend, start, composite: Composite) -> Graph:
-    """Trace the model on one patch of x (1, C, D, H, W) with the volume's resolved composite."""
-    graph = prepare_graph(model, x[(slice(None), slice(None)) + blend.slices(start)], composite)
-    _check_patch_output(graph.logits, blend.patch)
-    return graph
-
-
 def _graph_budget(keep_graphs_gib: float | None, device: torch.device) -> int:
-    """Bytes the first sweep of `sliding_explain_region` may keep for the second."""
+    """Bytes the kept window graphs of a `forward.TracedForward` may hold (``keep_graphs_gib``)."""
     if keep_graphs_gib is not None:
         if not keep_graphs_gib >= 0:
             raise ValueError(f"keep_graphs_gib must be >= 0 (GiB), got {keep_graphs_gib}")
@@ -274,7 +266,7 @@ def sliding_explain_region(model: nn.Module, x: torch.Tensor, region, target: in
     while they fit in ``keep_graphs_gib``; a patch whose graph was not kept is traced again (one
     extra forward pass; the last patch of the first sweep is always reused). Passes per touching
     patch: 1-2 forward, 1 transposed, 1 LRP — independent of |A|. With one patch this is exactly
-    `explain_region`.
+    `explain_region`. (A `forward.TracedForward` with ``whole_if_fits=False``, used for one region.)
 
     Args:
         model: network in eval mode, logits on the patch's own grid.
@@ -300,88 +292,12 @@ def sliding_explain_region(model: nn.Module, x: torch.Tensor, region, target: in
         ValueError: bad shapes, patch larger than the volume, overlap/tolerance out of range, empty
             region, NaN/Inf input, training mode, target out of range, every region voxel excluded.
     """
-    target = as_target(target)
-    tolerance = check_tolerance(tolerance)
-    with compute_context(model, x, device) as x_dev:
-        spatial = tuple(x_dev.shape[2:])
-        blend = _Blend(spatial, patch_size, overlap, sigma_scale, x_dev.dtype, x_dev.device)
-        region = check_region(region, spatial, x_dev.device)
-        composite = resolve_composite(composite, x_dev)  # once, from the whole volume
-        touching = [start for start in blend.starts if region[blend.slices(start)].any()]
-        steps = 2 * len(touching)
+    from .forward import TracedForward  # built on this module
 
-        budget = _graph_budget(keep_graphs_gib, x_dev.device)
-        kept: dict[tuple, Graph] = {}
-        kept_bytes = 0
-
-        # Sweep 1: s_a and the injected magnitude Σ_p ω_pa Σ_k |c_k y_pak| on the union of the patches.
-        total = torch.zeros(spatial, dtype=x_dev.dtype, device=x_dev.device)
-        scale = torch.zeros_like(total)
-        graph = coefficients = None
-        previous = None
-        for done, start in enumerate(touching, 1):
-            if graph is not None and budget > 0:  # keep the previous patch's graph for sweep 2?
-                size = graph.nbytes()
-                if kept_bytes + size <= budget and _room_for(3 * size, x_dev.device):
-                    kept[previous], kept_bytes = graph, kept_bytes + size
-            graph = None  # free the previous patch's graph (unless kept) before tracing the next
-            graph = _patch_graph(model, x_dev, blend, start, composite)
-            previous = start
-            y = graph.logits
-            if coefficients is None:
-                coefficients = target.coefficients(y.shape[1], y.dtype, y.device)
-            numerator = coefficients.view(1, -1, 1, 1, 1) * y
-            v = graph.transpose(torch.ones(graph.input_shape, dtype=y.dtype, device=y.device))
-            omega = blend.omega(start)
-            total[blend.slices(start)] += omega * (numerator * v).sum(1)[0]
-            scale[blend.slices(start)] += omega * numerator.abs().sum(1)[0]
-            _report(progress, done, steps)
-
-        conservation = torch.where(scale > 0, total / torch.where(scale > 0, scale, 1.0), torch.zeros_like(total))
-        valid = (scale > 0) & (conservation.abs() >= tolerance)
-        used = region & valid
-        n_used, n_region = int(used.sum()), int(region.sum())
-        if n_used == 0:
-            raise ValueError(f"all {n_region} region voxels were excluded: their LRP maps keep less than "
-                             f"{tolerance:g} of the target score (is the target class present there?)")
-        inverse = torch.where(used, 1.0 / torch.where(used, total, 1.0), torch.zeros_like(total))
-
-        # Sweep 2, in reverse so the last graph of sweep 1 is reused (one patch: no re-trace at all).
-        relevance = torch.zeros(x_dev.shape[1:], dtype=x_dev.dtype, device=x_dev.device)
-        retraced = 0
-        for done, start in enumerate(reversed(touching), len(touching) + 1):
-            if graph is None:
-                graph = kept.pop(start, None)
-            if graph is None:
-                graph = _patch_graph(model, x_dev, blend, start, composite)
-                retraced += 1
-            weights = blend.omega(start) * inverse[blend.slices(start)]
-            if weights.any():  # a patch whose region voxels are all excluded contributes nothing
-                numerator = coefficients.view(1, -1, 1, 1, 1) * graph.logits
-                relevance[(slice(None),) + blend.slices(start)] += graph.relevance(numerator * weights)[0]
-            graph = None
-            _report(progress, done, steps)
-
-        relevance_sum = relevance.sum()
-        per_sequence = relevance.flatten(1).sum(1)
-        positive = relevance.clamp(min=0).flatten(1).sum(1)
-        conserved = conservation[used]
-        diagnostics = {
-            "relevance_sum": float(relevance_sum),
-            "conservation_error": float((relevance_sum - n_used).abs() / n_used),
-            "mean_conserved_fraction": float(conserved.mean()),
-            "min_abs_conserved_fraction": float(conserved.abs().min()),
-            "patches_run": float(len(touching)),
-            "patches_total": float(len(blend.starts)),
-            "patches_retraced": float(retraced),
-        }
-        return RegionExplanation(
-            relevance=relevance.cpu(),
-            sequence_shares=(per_sequence / relevance_sum).cpu() if relevance_sum != 0
-            else torch.zeros_like(per_sequence).cpu(),
-            positive_shares=(positive / positive.sum()).cpu() if positive.sum() > 0 else positive.cpu(),
-            n_used=n_used, n_excluded=n_region - n_used, excluded=(region & ~valid).cpu(),
-            target=target, composite=composite.name, tolerance=tolerance, diagnostics=diagnostics)
+    target, tolerance = as_target(target), check_tolerance(tolerance)
+    with TracedForward(model, x, composite, device, patch_size=patch_size, overlap=overlap, sigma_scale=sigma_scale,
+                       keep_graphs_gib=keep_graphs_gib, whole_if_fits=False) as traced:
+        return traced.explain_region(region, target, tolerance, progress=progress)
 
 
 def sliding_sequence_composition(model: nn.Module, x: torch.Tensor, target: int | Target = 1,
@@ -394,9 +310,10 @@ def sliding_sequence_composition(model: nn.Module, x: torch.Tensor, target: int 
 
         composition_c(a) = Σ_p ω_pa Σ_k c_k y_pak (L_pᵀ1_c)_ak / s_a
 
-    One sweep over all patches: one forward and C transposed passes (run as batches of ``chunk``)
-    per patch, one patch graph alive at a time. s_a is the sum over c of the numerators (Σ_c 1_c = 1),
-    so no extra pass is needed for it.
+    One sweep over all patches (`forward.TracedForward.composition`): per patch one forward, one
+    transposed pass of 1 for s_a — the normalization `sliding_explain_region` uses, so both exclude
+    the same voxels — and C transposed passes (run as batches of ``chunk``); one patch graph alive
+    at a time.
 
     Args:
         as in `sliding_explain_region`; ``chunk`` limits how many sequence indicators are carried
@@ -407,41 +324,10 @@ def sliding_sequence_composition(model: nn.Module, x: torch.Tensor, target: int 
         voxels are all zero, so ``region_shares(composition, A)`` equals the ``sequence_shares`` of
         `sliding_explain_region` for any A, with no new pass.
     """
-    target = as_target(target)
-    tolerance = check_tolerance(tolerance)
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
-    with compute_context(model, x, device) as x_dev:
-        spatial = tuple(x_dev.shape[2:])
-        channels = x_dev.shape[1]
-        blend = _Blend(spatial, patch_size, overlap, sigma_scale, x_dev.dtype, x_dev.device)
-        composite = resolve_composite(composite, x_dev)  # once, from the whole volume
-        chunk = min(chunk or channels, channels)
-        numerators = torch.zeros((channels,) + spatial, dtype=x_dev.dtype, device=x_dev.device)
-        scale = torch.zeros(spatial, dtype=x_dev.dtype, device=x_dev.device)
-        coefficients = None
-        for done, start in enumerate(blend.starts, 1):
-            graph = None
-            graph = _patch_graph(model, x_dev, blend, start, composite)
-            y = graph.logits
-            if coefficients is None:
-                coefficients = target.coefficients(y.shape[1], y.dtype, y.device)
-            numerator = coefficients.view(1, -1, 1, 1, 1) * y
-            omega = blend.omega(start)
-            where = blend.slices(start)
-            scale[where] += omega * numerator.abs().sum(1)[0]
-            for first in range(0, channels, chunk):
-                last = min(first + chunk, channels)
-                indicator = torch.zeros((last - first,) + tuple(graph.input_shape[1:]), dtype=y.dtype,
-                                        device=y.device)
-                for row, c in enumerate(range(first, last)):
-                    indicator[row, c] = 1.0
-                v = graph.transpose(indicator)
-                numerators[(slice(first, last),) + where] += omega * (numerator * v).sum(1)
-            _report(progress, done, len(blend.starts))
-        graph = None
-        total = numerators.sum(0)
-        conservation = torch.where(scale > 0, total / torch.where(scale > 0, scale, 1.0), torch.zeros_like(total))
-        valid = (scale > 0) & (conservation.abs() >= tolerance)
-        inverse = torch.where(valid, 1.0 / torch.where(valid, total, 1.0), torch.zeros_like(total))
-        return (numerators * inverse).cpu()
+    from .forward import TracedForward, check_chunk  # built on this module
+
+    target, tolerance, chunk = as_target(target), check_tolerance(tolerance), check_chunk(chunk)
+    # One window graph at a time, as each window is needed once.
+    with TracedForward(model, x, composite, device, patch_size=patch_size, overlap=overlap, sigma_scale=sigma_scale,
+                       keep_graphs_gib=0, whole_if_fits=False) as traced:
+        return traced.composition(target, tolerance, chunk, progress=progress)
