@@ -2,7 +2,8 @@
 
 Requires 3D Slicer 5.10 or later (Python 3.12) and the PyTorch extension (PyTorchUtils), which
 installs torch on the first Apply -- never at import time. All computation lives in the Qt-free
-``LRPSegmentationLib`` (``slicer_logic``); this file only wires the user interface to it.
+``LRPSegmentationLib`` (its Slicer wing, ``LRPSegmentationLib.slicer``); this file only wires the user
+interface to it. At import it needs only ``LRPSegmentationLib.vocabulary`` (standard library).
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from LRPSegmentationLib.vocabulary import COMPOSITE_MENU, DEFAULT_COMPOSITE, DEMO_MODEL_RESOURCE
+
 MINIMUM_SLICER_VERSION = (5, 10)
 TORCH_REQUIREMENT = ">=2.1"
-COMPOSITE_NAMES = ("epsilon_gamma_box", "epsilon", "epsilon_alpha2_beta1", "epsilon_plus_flat")
 INPUT_REFERENCE_ROLE = "InputVolume_"  # + sequence name: node references of the parameter node
-DEMO_MODEL = "Models/demo_unet3d.lrpmodel"  # bundled demo package, relative to Resources/
 REGION_UPDATE_DELAY_MS = 300  # repainting region A: the shares follow after this quiet time
 
 
@@ -88,7 +89,7 @@ class LRPSegmentationParameterNode:
     truthSegmentId: str = ""
     targetClass: int = 1
     classVsRest: bool = False
-    composite: str = "epsilon_gamma_box"
+    composite: str = DEFAULT_COMPOSITE
     device: str = "auto"
     crossCheck: bool = True
 
@@ -99,7 +100,7 @@ class LRPSegmentationParameterNode:
 
 
 class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """User interface only; everything else is in LRPSegmentationLogic / slicer_logic."""
+    """User interface only; everything else is in LRPSegmentationLogic / LRPSegmentationLib.slicer."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -130,7 +131,7 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = LRPSegmentationLogic()
 
         self.ui.compositeComboBox.clear()
-        for name in COMPOSITE_NAMES:
+        for name in COMPOSITE_MENU:
             self.ui.compositeComboBox.addItem(name)
         self.ui.deviceComboBox.clear()
         self.ui.deviceComboBox.addItem("auto")
@@ -148,6 +149,7 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.referenceVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtonStates)
@@ -178,7 +180,7 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def defaultModelPath(self) -> str:
         """The bundled demo package (Resources/Models/demo_unet3d.lrpmodel) if present, else the logic's pick."""
-        demo = self.resourcePath(DEMO_MODEL)
+        demo = self.resourcePath(DEMO_MODEL_RESOURCE)
         return demo if os.path.exists(demo) else self.logic.defaultModelPath()
 
     def cleanup(self) -> None:
@@ -210,6 +212,12 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """A loaded scene (e.g. the demo's) may hold an explanation: repainting region A updates it."""
+        if self.logic.lastOutputs is None:
+            self.logic.lastOutputs = self.logic.findExplanation()
+        self.updateButtonStates()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -366,7 +374,7 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             classes = len(self._package.class_names)
             with slicer.util.NodeModify(self._parameterNode.parameterNode):
                 if changed:  # a new model: its own default composite
-                    self._parameterNode.composite = self._package.composite or COMPOSITE_NAMES[0]
+                    self._parameterNode.composite = self._package.composite or DEFAULT_COMPOSITE
                 reference = self.logic.findReferenceVolume(self._package)
                 current = self._parameterNode.referenceVolume
                 if reference is not None and (changed or not current or current is self._guessedReference):
@@ -521,11 +529,10 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onOpenSegmentEditor(self) -> None:
         segmentation = self.ui.regionSegmentSelector.currentNode()
         if segmentation is None:
-            segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "LRP regions")
-            segmentation.CreateDefaultDisplayNodes()
-            reference = self.ui.referenceVolumeSelector.currentNode()
-            if reference:
-                segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+            with slicer.util.tryWithErrorDisplay(_("Could not create the region segmentation."), waitCursor=True):
+                segmentation = self.logic.regionSegmentation(None, self.ui.referenceVolumeSelector.currentNode())
+            if segmentation is None:
+                return
             segmentId = segmentation.GetSegmentation().AddEmptySegment("", "region A", [1.0, 1.0, 0.0])
             self.ui.regionSegmentSelector.setCurrentNode(segmentation)
             self.ui.regionSegmentSelector.setCurrentSegmentID(segmentId)
@@ -621,17 +628,19 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
-    """Thin layer over ``LRPSegmentationLib.slicer_logic`` (usable without the widget)."""
+    """Thin layer over ``LRPSegmentationLib.slicer`` (usable without the widget): ``logic`` (segment,
+    explain, update_region), ``publish`` (the output nodes), ``shortcuts`` (region A in one click) and
+    ``jobs`` (the background thread)."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastOutputs = None
         self._loadedPackage = None
-        from LRPSegmentationLib import slicer_logic
+        from LRPSegmentationLib.slicer import jobs, logic, publish, shortcuts
 
-        self._lib = slicer_logic
-        self.Cancelled = slicer_logic.Cancelled
-        self.EmptyRegionError = slicer_logic.EmptyRegionError
+        self._logic, self._publish, self._shortcuts, self._jobs = logic, publish, shortcuts, jobs
+        self.Cancelled = jobs.Cancelled
+        self.EmptyRegionError = shortcuts.EmptyRegionError
 
     def getParameterNode(self):
         return LRPSegmentationParameterNode(super().getParameterNode())
@@ -696,7 +705,7 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
         folder = os.path.join(os.path.dirname(__file__), "Resources", "Models")
         if not os.path.isdir(folder):
             return ""
-        demo = os.path.join(os.path.dirname(__file__), "Resources", DEMO_MODEL)
+        demo = os.path.join(os.path.dirname(__file__), "Resources", DEMO_MODEL_RESOURCE)
         if os.path.exists(demo):
             return demo
         entries = sorted(entry for entry in os.listdir(folder) if entry.endswith(".lrpmodel"))
@@ -705,11 +714,11 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
     def findReferenceVolume(self, package):
         """The volume named like the package's reference sequence, or None."""
         name = getattr(package, "reference_sequence", None) if package is not None else None
-        return self._lib.find_volume_by_name(slicer.mrmlScene, name) if name else None
+        return self._logic.find_volume_by_name(slicer.mrmlScene, name) if name else None
 
     def readPackageInfo(self, path):
         """Sequences and classes from the package's model.json (no torch needed)."""
-        return self._lib.read_package_info(path)
+        return self._logic.read_package_info(path)
 
     def ensureDependencies(self) -> None:
         """Pure-Python packages the model packages need, installed on Apply (main thread)."""
@@ -739,96 +748,102 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic):
         return _("Sequences: {sequences}. Classes: {classes}.").format(sequences=sequences, classes=classes)
 
     def missingInputs(self, inputNodes, referenceNode, sequenceNames):
-        return self._lib.check_inputs(inputNodes, referenceNode, sequenceNames)
+        return self._logic.check_inputs(inputNodes, referenceNode, sequenceNames)
 
     # ---------------------------------------------------------------- synchronous (scripts, tests)
 
     def segment(self, inputNodes, referenceNode, package, device="auto", model=None):
-        return self._lib.segment(slicer.mrmlScene, inputNodes, referenceNode, package, device, model=model)
+        return self._logic.segment(slicer.mrmlScene, inputNodes, referenceNode, package, device, model=model)
 
     def explain(self, inputNodes, referenceNode, segmentationNode, segmentId, package, targetClass=1,
                 classVsRest=False, composite=None, device="auto", model=None, progress=None, cancel=None,
                 crossCheck=False):
         from LRPSegmentationLib.engine import Target
 
-        self.lastOutputs = self._lib.explain(slicer.mrmlScene, inputNodes, referenceNode, segmentationNode, segmentId,
-                                             package, Target(int(targetClass), bool(classVsRest)), composite, device,
+        self.lastOutputs = self._logic.explain(slicer.mrmlScene, inputNodes, referenceNode, segmentationNode,
+                                               segmentId, package, Target(int(targetClass), bool(classVsRest)), composite, device,
                                              progress=progress, cancel=cancel, model=model, cross_check=crossCheck)
         return self.lastOutputs
 
     def crosshairRAS(self):
         """The crosshair position (world RAS), where "This lesion" looks."""
-        return self._lib.crosshair_ras(slicer.mrmlScene)
+        return self._shortcuts.crosshair_ras(slicer.mrmlScene)
 
     def regionSegmentation(self, segmentationNode, referenceNode):
         """The segmentation for region A: the given one, or a new "LRP regions" on the reference grid."""
-        return self._lib.ensure_region_segmentation(slicer.mrmlScene, segmentationNode, referenceNode)
+        return self._shortcuts.ensure_region_segmentation(slicer.mrmlScene, segmentationNode, referenceNode)
 
     @staticmethod
     def removeNodes(nodes):
         """Remove nodes with their display and storage nodes."""
-        from LRPSegmentationLib import mrml
+        from LRPSegmentationLib.slicer import mrml
 
         mrml.remove_nodes(slicer.mrmlScene, nodes)
 
     def createRegionSegment(self, regionSegmentationNode, referenceNode, mode, predictedSegmentationNode,
                             predictedSegmentId, truthSegmentationNode=None, truthSegmentId=None, rasPoint=None):
         """Region A shortcut ("predicted", "lesion", "tp", "fn", "fp"); returns the segment ID."""
-        return self._lib.create_region_segment(slicer.mrmlScene, regionSegmentationNode, referenceNode, mode,
-                                               predictedSegmentationNode, predictedSegmentId, truthSegmentationNode,
-                                               truthSegmentId, rasPoint)
+        return self._shortcuts.create_region_segment(slicer.mrmlScene, regionSegmentationNode, referenceNode, mode,
+                                                     predictedSegmentationNode, predictedSegmentId,
+                                                     truthSegmentationNode, truthSegmentId, rasPoint)
 
     def createErrorSegments(self, regionSegmentationNode, referenceNode, predictedSegmentationNode,
                             predictedSegmentId, truthSegmentationNode, truthSegmentId):
         """TP, FN and FP segments (empty ones reported in the result, not created)."""
-        return self._lib.create_error_segments(slicer.mrmlScene, regionSegmentationNode, referenceNode,
-                                               predictedSegmentationNode, predictedSegmentId, truthSegmentationNode,
-                                               truthSegmentId)
+        return self._shortcuts.create_error_segments(slicer.mrmlScene, regionSegmentationNode, referenceNode,
+                                                     predictedSegmentationNode, predictedSegmentId,
+                                                     truthSegmentationNode, truthSegmentId)
 
     def updateRegion(self, segmentationNode, segmentId, referenceNode, outputs=None):
-        outputs = outputs or self.lastOutputs
+        """Recompute the shares of a repainted region A (no LRP pass): of ``outputs``, else of the last
+        Explain, else of the explanation found in the scene (e.g. a loaded one)."""
+        outputs = outputs or self.lastOutputs or self.findExplanation()
         if outputs is None:
             raise ValueError(_("Run Explain first."))
-        return self._lib.update_region(slicer.mrmlScene, outputs, None, segmentationNode, segmentId, referenceNode)
+        return self._logic.update_region(slicer.mrmlScene, outputs, None, segmentationNode, segmentId, referenceNode)
+
+    def findExplanation(self):
+        """The most recent explanation in the scene (its nodes), or None."""
+        return self._publish.find_explanation(slicer.mrmlScene)
 
     # ---------------------------------------------------------------- asynchronous (the widget)
 
     def segmentAsync(self, inputNodes, referenceNode, package, device="auto"):
         """(job, finish): MRML read now; the network runs in ``job``'s thread; ``finish(job)`` on the
         main thread creates the segmentation."""
-        inputs = self._lib.prepare_inputs(inputNodes, referenceNode, package)  # main thread: MRML
-        lib = self._lib
+        logic, publish = self._logic, self._publish
+        inputs = logic.prepare_inputs(inputNodes, referenceNode, package)  # main thread: MRML
 
         def compute(progress, cancel):  # worker thread: torch only
-            return lib.compute_labels(lib.load_model(package), inputs, package, device, cancel, progress)
+            return logic.compute_labels(logic.load_model(package), inputs, package, device, cancel, progress)
 
         def finish(job):
-            return lib.publish_segmentation(slicer.mrmlScene, job.result(), referenceNode, package)
+            return publish.publish_segmentation(slicer.mrmlScene, job.result(), referenceNode, package)
 
-        return lib.BackgroundJob(compute), finish
+        return self._jobs.BackgroundJob(compute), finish
 
     def explainAsync(self, inputNodes, referenceNode, segmentationNode, segmentId, package, targetClass=1,
                      classVsRest=False, composite=None, device="auto", crossCheck=False):
         from LRPSegmentationLib.engine import Target
 
-        lib = self._lib
-        request = lib.prepare_explain(inputNodes, referenceNode, segmentationNode, segmentId, package,
-                                      Target(int(targetClass), bool(classVsRest)), composite, device,
-                                      cross_check=crossCheck)
+        logic, publish = self._logic, self._publish
+        request = logic.prepare_explain(inputNodes, referenceNode, segmentationNode, segmentId, package,
+                                        Target(int(targetClass), bool(classVsRest)), composite, device,
+                                        cross_check=crossCheck)
 
         def compute(progress, cancel):
-            return lib.compute_explanation(request, package, None, progress, cancel)
+            return logic.compute_explanation(request, package, None, progress, cancel)
 
         def finish(job):
-            self.lastOutputs = lib.publish_explanation(slicer.mrmlScene, request, job.result(), referenceNode,
-                                                       cancel=job.cancelled)
+            self.lastOutputs = publish.publish_explanation(slicer.mrmlScene, job.result(), referenceNode,
+                                                           cancel=job.cancelled)
             try:
                 slicer.modules.plots.logic().ShowChartInLayout(self.lastOutputs.chart_node)
             except Exception:  # no plot view available (e.g. headless): the chart is still in the scene
                 logging.debug("could not show the chart", exc_info=True)
             return self.lastOutputs
 
-        return lib.BackgroundJob(compute), finish
+        return self._jobs.BackgroundJob(compute), finish
 
 
 #
@@ -855,7 +870,7 @@ class LRPSegmentationTest(ScriptedLoadableModuleTest):
         return create_package(model, "unet3d", {"in_channels": 6, "out_channels": 2, "base_channels": 4, "depth": 2},
                               list(self.SEQUENCES), normalization={"type": "zscore", "mask": "none"},
                               class_names=["background", "lesion"], class_colors=[(0, 0, 0), (0.9, 0.3, 0.1)],
-                              composite="epsilon_gamma_box", reference_sequence=self.SEQUENCES[0],
+                              composite=DEFAULT_COMPOSITE, reference_sequence=self.SEQUENCES[0],
                               target_spacing=(1.5, 1.2, 2.0), patch_size=(8, 8, 12), name="self-test")
 
     def test_LRPSegmentation1(self):
@@ -909,7 +924,7 @@ class LRPSegmentationTest(ScriptedLoadableModuleTest):
                                 crossCheck=True)
         self.assertEqual(len(outputs.relevance_nodes), len(self.SEQUENCES))
         self.assertAlmostEqual(float(np.sum(outputs.shares)), 1.0, places=4)
-        marginColumn = outputs.table_node.GetTable().GetColumnByName(logic._lib.MARGIN_COLUMN)
+        marginColumn = outputs.table_node.GetTable().GetColumnByName(logic._publish.MARGIN_COLUMN)
         self.assertEqual(marginColumn.GetNumberOfTuples(), len(self.SEQUENCES))
         for node in outputs.relevance_nodes:
             self.assertEqual(slicer.util.arrayFromVolume(node).shape, shape)

@@ -4,10 +4,10 @@ import pytest
 
 @pytest.fixture
 def mrml_scene():
-    """The headless Slicer scene (see LRPSegmentationLib/headless.py), emptied before each test.
+    """The headless Slicer scene (see LRPSegmentationLib/slicer/headless.py), emptied before each test.
 
     slicer-core is imported only by tests that use this fixture.
     """
-    from LRPSegmentationLib.headless import clear_scene
+    from LRPSegmentationLib.slicer.headless import clear_scene
 
     return clear_scene()

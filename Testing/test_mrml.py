@@ -1,6 +1,6 @@
-"""Tests for LRPSegmentationLib.mrml on real MRML nodes (slicer-core, no Qt, no mocks).
+"""Tests for LRPSegmentationLib.slicer.mrml on real MRML nodes (slicer-core, no Qt, no mocks).
 
-The scene comes from the ``mrml_scene`` fixture (conftest.py -> LRPSegmentationLib/headless.py):
+The scene comes from the ``mrml_scene`` fixture (conftest.py -> LRPSegmentationLib/slicer/headless.py):
 one headless Slicer application per test session, scene cleared before each test.
 Volumes are tiny (<= 16^3 voxels) so the whole file runs in a few seconds.
 """
@@ -12,7 +12,7 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 vtk = pytest.importorskip("vtk")
 
-from LRPSegmentationLib import mrml  # noqa: E402  (needs slicer)
+from LRPSegmentationLib.slicer import mrml  # noqa: E402  (needs slicer)
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -102,7 +102,7 @@ def test_harness_provides_scene_logics_and_slicer_util(mrml_scene):
 
 
 def test_clear_scene_resets_to_the_start_up_state(mrml_scene, reference):
-    from LRPSegmentationLib.headless import clear_scene
+    from LRPSegmentationLib.slicer.headless import clear_scene
 
     mrml.create_output_folder(mrml_scene, "outputs", reference)
     clear_scene()
@@ -110,6 +110,30 @@ def test_clear_scene_resets_to_the_start_up_state(mrml_scene, reference):
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == 3
     assert subject_hierarchy_item_count(mrml_scene) == 0
     assert mrml_scene.GetSubjectHierarchyNode().GetScene() is mrml_scene
+
+
+def test_the_headless_application_adds_module_logics_but_never_replaces_them(monkeypatch):
+    """slicer-core leaves ``slicer.modules`` None; an existing namespace (e.g. the application's) keeps
+    its entries, and inside the desktop application the headless one refuses to start."""
+    import types
+
+    from LRPSegmentationLib.slicer import headless
+
+    ours = {"volumes": headless.HeadlessModule("Volumes", slicer.vtkSlicerVolumesLogic()),
+            "tables": headless.HeadlessModule("Tables", slicer.vtkSlicerTablesLogic())}
+    theirs = types.SimpleNamespace(volumes="the application's Volumes module")
+    monkeypatch.setattr(slicer, "modules", theirs)
+    headless._register_modules(ours)
+    assert slicer.modules is theirs and theirs.volumes == "the application's Volumes module"
+    assert theirs.tables is ours["tables"]
+    monkeypatch.setattr(slicer, "modules", None)
+    headless._register_modules(ours)
+    assert slicer.modules.volumes is ours["volumes"] and slicer.modules.tables is ours["tables"]
+
+    monkeypatch.setattr(headless, "_session", None)
+    monkeypatch.setattr(slicer, "app", object(), raising=False)
+    with pytest.raises(RuntimeError, match="use its scene"):
+        headless.start_slicer()
 
 
 # ------------------------------------------------------------------------------------ volumes → arrays

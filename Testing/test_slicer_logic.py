@@ -1,4 +1,4 @@
-"""Tests for LRPSegmentationLib.slicer_logic (the module's Qt-free logic) on real MRML nodes.
+"""Tests for LRPSegmentationLib.slicer (the module's Qt-free logic) on real MRML nodes.
 
 A tiny randomly initialized UNet3D (6 sequences, 2 classes) and synthetic volumes: four inputs on
 the reference grid, two on other grids (resampled by Slicer). Runs in a few seconds on 2 CPU cores.
@@ -15,8 +15,9 @@ torch = pytest.importorskip("torch")
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 vtk = pytest.importorskip("vtk")
 
-from LRPSegmentationLib import engine, mrml, slicer_logic  # noqa: E402
-from LRPSegmentationLib.imaging import normalize_sequences  # noqa: E402
+from LRPSegmentationLib import engine, regions  # noqa: E402
+from LRPSegmentationLib.slicer import jobs, logic, mrml, publish, shortcuts  # noqa: E402
+from LRPSegmentationLib.normalization import normalize_sequences  # noqa: E402
 from LRPSegmentationLib.models import UNet3D  # noqa: E402
 from LRPSegmentationLib.models import package as package_module  # noqa: E402
 
@@ -115,7 +116,7 @@ def folder_children(scene, folder_item_id):
 def test_segment_creates_a_segmentation_on_the_reference_grid_matching_argmax(case):
     model = make_model()
     package = make_package(model)
-    node = slicer_logic.segment(case.scene, case.inputs, case.reference, package, device="cpu")
+    node = logic.segment(case.scene, case.inputs, case.reference, package, device="cpu")
     assert node.IsA("vtkMRMLSegmentationNode")
     segmentation = node.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 1
@@ -135,7 +136,7 @@ def test_segment_pads_a_grid_the_network_cannot_take_and_crops_back(mrml_scene):
     shape = (6, 7, 9)  # not divisible by 4
     rng = np.random.default_rng(2)
     inputs = [add_volume(rng.normal(size=shape), REFERENCE_IJK_TO_RAS, name) for name in SEQUENCES]
-    node = slicer_logic.segment(mrml_scene, inputs, inputs[0], make_package(), device="cpu")
+    node = logic.segment(mrml_scene, inputs, inputs[0], make_package(), device="cpu")
     labelmap = mrml.segment_mask(node, node.GetSegmentation().GetNthSegmentID(0), inputs[0])
     assert labelmap.shape == shape
 
@@ -145,7 +146,7 @@ def test_segment_missing_input_names_the_sequence(case):
     inputs[4] = None
     before = case.scene.GetNumberOfNodes()
     with pytest.raises(ValueError, match="'T2'"):
-        slicer_logic.segment(case.scene, inputs, case.reference, make_package(), device="cpu")
+        logic.segment(case.scene, inputs, case.reference, make_package(), device="cpu")
     assert case.scene.GetNumberOfNodes() == before
 
 
@@ -154,11 +155,11 @@ def test_a_reference_at_another_spacing_than_the_model_is_refused(case):
     sizes would segment silently wrong: refused, naming both spacings (the CLI resamples instead)."""
     before = case.scene.GetNumberOfNodes()
     with pytest.raises(ValueError, match=r"1\.5 x 1\.2 x 2 mm.*trained at 3 x 3 x 3 mm"):
-        slicer_logic.segment(case.scene, case.inputs, case.reference, make_package(target_spacing=(3.0, 3.0, 3.0)),
+        logic.segment(case.scene, case.inputs, case.reference, make_package(target_spacing=(3.0, 3.0, 3.0)),
                              device="cpu")
     assert case.scene.GetNumberOfNodes() == before
     # within 1 % it is the same spacing
-    slicer_logic.prepare_inputs(case.inputs, case.reference, make_package(target_spacing=(1.51, 1.2, 2.0)))
+    logic.prepare_inputs(case.inputs, case.reference, make_package(target_spacing=(1.51, 1.2, 2.0)))
 
 
 # ------------------------------------------------------------------------------------ explain
@@ -169,7 +170,7 @@ def test_explain_outputs_geometry_table_and_shares_equal_the_engine(case):
     package = make_package(model)
     target = engine.Target(1, contrast=True)
     progress = []
-    outputs = slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+    outputs = logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
                                    package, target, "epsilon_gamma_box", "cpu",
                                    progress=lambda f, m: progress.append((f, m)))
 
@@ -214,14 +215,14 @@ def test_the_cross_check_adds_the_kept_margin_and_names_relevance_without_effect
     target = 0  # the untrained network calls every voxel class 0: region A has a margin to keep
     with torch.no_grad():
         assert (model(x)[0].argmax(0).numpy()[case.mask] == target).any()
-    plain = slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+    plain = logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
                                  package, target, None, "cpu")
-    assert plain.table_node.GetTable().GetColumnByName(slicer_logic.MARGIN_COLUMN) is None and plain.caution == ""
-    outputs = slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+    assert plain.table_node.GetTable().GetColumnByName(publish.MARGIN_COLUMN) is None and plain.caution == ""
+    outputs = logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
                                    package, target, None, "cpu", cross_check=True)
     table_node = outputs.table_node
     table = table_node.GetTable()
-    column = table.GetColumnByName(slicer_logic.MARGIN_COLUMN)
+    column = table.GetColumnByName(publish.MARGIN_COLUMN)
     kept = np.array([column.GetValue(i) for i in range(len(SEQUENCES))])
     region = torch.from_numpy(case.mask)
     expected = evaluation.sequence_ablation(model, x, region, target=target, device="cpu",
@@ -230,7 +231,7 @@ def test_the_cross_check_adds_the_kept_margin_and_names_relevance_without_effect
     np.testing.assert_allclose(kept, expected, rtol=1e-4, atol=1e-6)
     positive = np.array([table.GetColumnByName("positive share").GetValue(i) for i in range(len(SEQUENCES))])
     flagged = [SEQUENCES[c] for c in evaluation.relevance_without_sensitivity(positive, kept)]
-    attribute = table_node.GetAttribute(slicer_logic.WITHOUT_SENSITIVITY_ATTRIBUTE)
+    attribute = table_node.GetAttribute(publish.WITHOUT_SENSITIVITY_ATTRIBUTE)
     assert (attribute.split(",") if attribute else []) == flagged
     assert bool(outputs.caution) == bool(flagged) and all(name in outputs.caution for name in flagged)
 
@@ -238,7 +239,7 @@ def test_the_cross_check_adds_the_kept_margin_and_names_relevance_without_effect
 def test_repainting_region_a_updates_the_same_table_without_lrp(case, monkeypatch):
     model = make_model()
     package = make_package(model)
-    outputs = slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+    outputs = logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
                                    package, 1, None, "cpu")
     table_id = outputs.table_node.GetID()
 
@@ -252,7 +253,7 @@ def test_repainting_region_a_updates_the_same_table_without_lrp(case, monkeypatc
 
     monkeypatch.setattr(engine, "explain_region", no_lrp)
     monkeypatch.setattr(engine, "sequence_composition", no_lrp)
-    shares, n_used, n_excluded = slicer_logic.update_region(case.scene, outputs, None, case.segmentation,
+    shares, n_used, n_excluded = logic.update_region(case.scene, outputs, None, case.segmentation,
                                                             case.segment_id, case.reference)
     monkeypatch.undo()
 
@@ -268,7 +269,7 @@ def test_repainting_region_a_updates_the_same_table_without_lrp(case, monkeypatc
     assert case.scene.GetNumberOfNodes() == nodes_before
 
     # The composition node alone (e.g. after reloading a scene) is enough.
-    shares_again, _, _ = slicer_logic.update_region(case.scene, outputs.composition_node, outputs.table_node,
+    shares_again, _, _ = logic.update_region(case.scene, outputs.composition_node, outputs.table_node,
                                                     case.segmentation, case.segment_id, case.reference)
     np.testing.assert_allclose(shares_again, shares)
 
@@ -277,7 +278,7 @@ def test_empty_segment_is_an_error_and_creates_nothing(case):
     empty_id = case.segmentation.GetSegmentation().AddEmptySegment("B", "lesion core")
     before = case.scene.GetNumberOfNodes()
     with pytest.raises(ValueError, match="the segment 'lesion core' is empty: paint region A first"):
-        slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, empty_id,
+        logic.explain(case.scene, case.inputs, case.reference, case.segmentation, empty_id,
                              make_package(), 1, None, "cpu")
     assert case.scene.GetNumberOfNodes() == before
 
@@ -287,11 +288,11 @@ def test_missing_input_is_an_error_naming_the_sequence(case):
     inputs[5] = None
     before = case.scene.GetNumberOfNodes()
     with pytest.raises(ValueError, match="'DWI'"):
-        slicer_logic.explain(case.scene, inputs, case.reference, case.segmentation, case.segment_id,
+        logic.explain(case.scene, inputs, case.reference, case.segmentation, case.segment_id,
                              make_package(), 1, None, "cpu")
     assert case.scene.GetNumberOfNodes() == before
-    assert slicer_logic.check_inputs(inputs, case.reference, SEQUENCES) == ["DWI"]
-    assert slicer_logic.check_inputs(inputs[:4], None, SEQUENCES) == ["T2", "DWI", "reference volume"]
+    assert logic.check_inputs(inputs, case.reference, SEQUENCES) == ["DWI"]
+    assert logic.check_inputs(inputs[:4], None, SEQUENCES) == ["T2", "DWI", "reference volume"]
 
 
 def subject_hierarchy_item_count(scene) -> int:
@@ -311,8 +312,8 @@ def test_cancelled_run_leaves_the_scene_unchanged(case, checks_before_cancel):
         return len(calls) > checks_before_cancel
 
     nodes, items = case.scene.GetNumberOfNodes(), subject_hierarchy_item_count(case.scene)
-    with pytest.raises(slicer_logic.Cancelled):
-        slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+    with pytest.raises(jobs.Cancelled):
+        logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
                              make_package(), 1, None, "cpu", cancel=cancel)
     assert case.scene.GetNumberOfNodes() == nodes
     assert subject_hierarchy_item_count(case.scene) == items
@@ -325,17 +326,17 @@ def test_error_while_creating_outputs_removes_partial_nodes(case, monkeypatch):
     monkeypatch.setattr(mrml, "create_shares_bar_chart", broken_chart)
     nodes = case.scene.GetNumberOfNodes()
     with pytest.raises(RuntimeError, match="chart failed"):
-        slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+        logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
                              make_package(), 1, None, "cpu")
     assert case.scene.GetNumberOfNodes() == nodes
 
 
 def test_package_box_bounds_are_used(case):
     model = make_model()
-    request = slicer_logic.prepare_explain(case.inputs, case.reference, case.segmentation, case.segment_id,
+    request = logic.prepare_explain(case.inputs, case.reference, case.segmentation, case.segment_id,
                                            make_package(model), 1, None, "cpu")
-    default = slicer_logic.compute_explanation(request, make_package(model))
-    boxed = slicer_logic.compute_explanation(request, make_package(model, box_low=-10.0, box_high=10.0))
+    default = logic.compute_explanation(request, make_package(model))
+    boxed = logic.compute_explanation(request, make_package(model, box_low=-10.0, box_high=10.0))
     assert not np.allclose(default.relevance, boxed.relevance)
     assert boxed.shares.sum() == pytest.approx(1.0, abs=1e-5)
 
@@ -346,27 +347,27 @@ def test_background_job_runs_the_compute_step_in_a_thread_and_can_be_cancelled(c
 
     model = make_model()
     package = make_package(model)
-    request = slicer_logic.prepare_explain(case.inputs, case.reference, case.segmentation, case.segment_id,
+    request = logic.prepare_explain(case.inputs, case.reference, case.segmentation, case.segment_id,
                                            package, 1, None, "cpu")
     threads = []
 
     def compute(progress, cancel):
         threads.append(threading.current_thread())
-        return slicer_logic.compute_explanation(request, package, model, progress, cancel)
+        return logic.compute_explanation(request, package, model, progress, cancel)
 
-    job = slicer_logic.BackgroundJob(compute).start()
+    job = jobs.BackgroundJob(compute).start()
     assert job.wait(120) and job.done
     assert threads[0] is not threading.main_thread()
     assert job.fraction >= 0.9
-    outputs = slicer_logic.publish_explanation(case.scene, request, job.result(), case.reference)
+    outputs = publish.publish_explanation(case.scene, job.result(), case.reference)
     assert len(outputs.relevance_nodes) == len(SEQUENCES)
 
     nodes = case.scene.GetNumberOfNodes()
-    job = slicer_logic.BackgroundJob(compute)
+    job = jobs.BackgroundJob(compute)
     job.cancel()
     job.start()
     assert job.wait(120)
-    with pytest.raises(slicer_logic.Cancelled):
+    with pytest.raises(jobs.Cancelled):
         job.result()
     assert case.scene.GetNumberOfNodes() == nodes
 
@@ -381,9 +382,9 @@ def test_a_real_model_package_drives_segment_and_explain(case, tmp_path):
         patch_size=REFERENCE_SHAPE, class_colors=[(0.0, 0.0, 0.0), (0.9, 0.3, 0.1)], box_low=[-4.0] * 6,
         box_high=[4.0] * 6)
     package = package_module.load_package(created.save(tmp_path / "tiny.lrpmodel"))
-    node = slicer_logic.segment(case.scene, case.inputs, case.reference, package, device="cpu")
+    node = logic.segment(case.scene, case.inputs, case.reference, package, device="cpu")
     assert node.GetSegmentation().GetNthSegment(0).GetName() == "liver lesion"
-    outputs = slicer_logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+    outputs = logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
                                    package, 1, None, "cpu")
     reference = engine.explain_region(package.build(), engine_input(case), torch.from_numpy(case.mask), 1,
                                       package.lrp_composite(), "cpu")
@@ -397,12 +398,12 @@ def test_read_package_info_needs_only_the_json(tmp_path):
         normalization=NORMALIZATION, class_names=["background", "liver lesion"], target_spacing=(1.0, 1.0, 1.0),
         patch_size=(8, 8, 8), reference_sequence="T2", composite="epsilon")
     folder = created.save(tmp_path / "tiny.lrpmodel")
-    info = slicer_logic.read_package_info(folder)
+    info = logic.read_package_info(folder)
     assert info.sequences == SEQUENCES and info.class_names == ["background", "liver lesion"]
     assert info.composite == "epsilon" and info.reference_sequence == "T2"
-    assert slicer_logic.read_package_info(folder / "model.json").sequences == SEQUENCES
+    assert logic.read_package_info(folder / "model.json").sequences == SEQUENCES
     with pytest.raises(FileNotFoundError, match="model.json is missing"):
-        slicer_logic.read_package_info(tmp_path)
+        logic.read_package_info(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ the module's Logic
@@ -448,7 +449,7 @@ def _import_module_with_qt_stubbed(monkeypatch):
     monkeypatch.setattr(slicer, "i18n", i18n, raising=False)
     monkeypatch.setattr(slicer, "parameterNodeWrapper", wrapper, raising=False)
     monkeypatch.setattr(slicer, "ScriptedLoadableModule", scripted, raising=False)
-    monkeypatch.syspath_prepend(str(Path(slicer_logic.__file__).resolve().parents[1]))
+    monkeypatch.syspath_prepend(str(Path(logic.__file__).resolve().parents[2]))  # LRPSegmentation/
     monkeypatch.delitem(sys.modules, "LRPSegmentation", raising=False)
     return importlib.import_module("LRPSegmentation")
 
@@ -501,20 +502,18 @@ def segmentation_from_labels(case, labels, name):
 
 @pytest.fixture
 def shortcut_case(case):
-    from LRPSegmentationLib import pipeline
-
     predicted_labels, truth_labels = shortcut_labels()
     predicted, predicted_id = segmentation_from_labels(case, predicted_labels, "prediction")
     truth, truth_id = segmentation_from_labels(case, truth_labels, "ground truth")
     return types.SimpleNamespace(case=case, scene=case.scene, reference=case.reference, regions=case.segmentation,
                                  predicted=predicted, predicted_id=predicted_id, truth=truth, truth_id=truth_id,
-                                 predicted_labels=predicted_labels, truth_labels=truth_labels, pipeline=pipeline)
+                                 predicted_labels=predicted_labels, truth_labels=truth_labels)
 
 
 def shortcut(c, mode, **kwargs):
     options = dict(truth_segmentation_node=c.truth, truth_segment_id=c.truth_id)
     options.update(kwargs)
-    return slicer_logic.create_region_segment(c.scene, c.regions, c.reference, mode, c.predicted, c.predicted_id,
+    return shortcuts.create_region_segment(c.scene, c.regions, c.reference, mode, c.predicted, c.predicted_id,
                                               **options)
 
 
@@ -523,7 +522,7 @@ def test_predicted_shortcut_copies_the_target_class_segment(shortcut_case):
     segment_id = shortcut(c, "predicted")
     segment = c.regions.GetSegmentation().GetSegment(segment_id)
     assert segment.GetName() == "A: predicted tumour"
-    expected = c.pipeline.select_regions("predicted", c.predicted_labels, 1)["predicted"]
+    expected = regions.select_regions("predicted", c.predicted_labels, 1)["predicted"]
     np.testing.assert_array_equal(mrml.segment_mask(c.regions, segment_id, c.reference), expected)
     # region A ("A") is untouched; the prediction itself too.
     np.testing.assert_array_equal(mrml.segment_mask(c.regions, c.case.segment_id, c.reference), c.case.mask)
@@ -532,7 +531,7 @@ def test_predicted_shortcut_copies_the_target_class_segment(shortcut_case):
 
 def test_this_lesion_shortcut_takes_the_26_connected_lesion_at_the_point(shortcut_case):
     c = shortcut_case
-    lesions = c.pipeline.connected_lesions(c.predicted_labels == 1)
+    lesions = regions.connected_components(c.predicted_labels == 1)
     assert len(lesions) == 2  # the corner voxel belongs to lesion 2 (26-connectivity)
     lesion_2 = next(lesion for lesion in lesions if lesion[6, 5, 8])
     assert lesion_2[7, 7, 10] and lesion_2.sum() == 19
@@ -544,7 +543,7 @@ def test_this_lesion_shortcut_takes_the_26_connected_lesion_at_the_point(shortcu
     segments = c.regions.GetSegmentation().GetNumberOfSegments()
     nodes = c.scene.GetNumberOfNodes()
     for outside in [(0, 7, 0), (-5, 0, 0)]:  # background voxel; outside the volume
-        with pytest.raises(slicer_logic.EmptyRegionError, match="no predicted lesion at this point"):
+        with pytest.raises(shortcuts.EmptyRegionError, match="no predicted lesion at this point"):
             shortcut(c, "lesion", ras_point=voxel_ras(outside))
     assert c.regions.GetSegmentation().GetNumberOfSegments() == segments
     assert c.scene.GetNumberOfNodes() == nodes  # no temporary node left behind
@@ -564,34 +563,34 @@ def test_ras_point_goes_through_the_reference_parent_transform(shortcut_case):
     transform.SetMatrixTransformToParent(matrix)
     c.reference.SetAndObserveTransformNodeID(transform.GetID())
     world = voxel_ras((6, 5, 8)) + np.array([25.0, 0.0, 0.0])
-    assert slicer_logic.ras_to_voxel(c.reference, world) == (6, 5, 8)
-    assert slicer_logic.ras_to_voxel(c.reference, voxel_ras((6, 5, 8))) != (6, 5, 8)
+    assert shortcuts.ras_to_voxel(c.reference, world) == (6, 5, 8)
+    assert shortcuts.ras_to_voxel(c.reference, voxel_ras((6, 5, 8))) != (6, 5, 8)
 
 
 def test_error_shortcuts_match_select_regions_and_an_empty_fn_is_reported_not_created(shortcut_case):
     c = shortcut_case
-    result = slicer_logic.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
+    result = shortcuts.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
                                                 c.truth, c.truth_id)
     assert result.empty == ["fn"] and set(result.segment_ids) == {"tp", "fp"}
     assert result.voxels["fn"] == 0 and "no FN voxels" in result.message
     segmentation = c.regions.GetSegmentation()
     assert not segmentation.GetSegmentIdBySegmentName("A: FN tumour")
     for mode in ("tp", "fp"):
-        expected = c.pipeline.select_regions(mode, c.predicted_labels, 1, c.truth_labels)[mode]
+        expected = regions.select_regions(mode, c.predicted_labels, 1, c.truth_labels)[mode]
         segment_id = result.segment_ids[mode]
         assert segmentation.GetSegment(segment_id).GetName() == f"A: {mode.upper()} tumour"
         np.testing.assert_array_equal(mrml.segment_mask(c.regions, segment_id, c.reference), expected)
         assert result.voxels[mode] == int(expected.sum())
-    assert c.pipeline.select_regions("fn", c.predicted_labels, 1, c.truth_labels) == {}
+    assert regions.select_regions("fn", c.predicted_labels, 1, c.truth_labels) == {}
 
     # The single-mode call reports the empty FN the same way.
     segments = segmentation.GetNumberOfSegments()
-    with pytest.raises(slicer_logic.EmptyRegionError, match="no false negatives"):
+    with pytest.raises(shortcuts.EmptyRegionError, match="no false negatives"):
         shortcut(c, "fn")
     assert segmentation.GetNumberOfSegments() == segments
 
     # Twice: replaced, same IDs, same segment count.
-    again = slicer_logic.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
+    again = shortcuts.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
                                                c.truth, c.truth_id)
     assert again.segment_ids == result.segment_ids and segmentation.GetNumberOfSegments() == segments
 
@@ -599,10 +598,10 @@ def test_error_shortcuts_match_select_regions_and_an_empty_fn_is_reported_not_cr
     truth_labels = c.predicted_labels.copy()
     truth_labels[3:5, 6:8, 0:2] = 1
     truth, truth_id = segmentation_from_labels(c.case, truth_labels, "ground truth 2")
-    third = slicer_logic.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
+    third = shortcuts.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
                                                truth, truth_id)
     assert third.empty == ["fp"] and not segmentation.GetSegmentIdBySegmentName("A: FP tumour")
-    expected_fn = c.pipeline.select_regions("fn", c.predicted_labels, 1, truth_labels)["fn"]
+    expected_fn = regions.select_regions("fn", c.predicted_labels, 1, truth_labels)["fn"]
     np.testing.assert_array_equal(mrml.segment_mask(c.regions, third.segment_ids["fn"], c.reference), expected_fn)
     assert third.segment_ids["tp"] == result.segment_ids["tp"]
 
@@ -621,7 +620,7 @@ def test_each_shortcut_twice_keeps_the_segment_count(shortcut_case):
 def test_shortcut_inputs_missing_are_named_errors(shortcut_case):
     c = shortcut_case
     with pytest.raises(ValueError, match="no predicted segment selected"):
-        slicer_logic.create_region_segment(c.scene, c.regions, c.reference, "predicted", None, "")
+        shortcuts.create_region_segment(c.scene, c.regions, c.reference, "predicted", None, "")
     with pytest.raises(ValueError, match="no ground-truth segment selected"):
         shortcut(c, "tp", truth_segmentation_node=None)
     with pytest.raises(ValueError, match="place the crosshair"):
@@ -629,29 +628,29 @@ def test_shortcut_inputs_missing_are_named_errors(shortcut_case):
     with pytest.raises(ValueError, match="unknown region shortcut"):
         shortcut(c, "lesions")
     empty = c.predicted.GetSegmentation().AddEmptySegment("", "nothing")
-    with pytest.raises(slicer_logic.EmptyRegionError, match="the predicted segment 'nothing' is empty"):
-        slicer_logic.create_region_segment(c.scene, c.regions, c.reference, "predicted", c.predicted, empty)
+    with pytest.raises(shortcuts.EmptyRegionError, match="the predicted segment 'nothing' is empty"):
+        shortcuts.create_region_segment(c.scene, c.regions, c.reference, "predicted", c.predicted, empty)
 
 
 def test_shortcut_into_a_new_region_segmentation(shortcut_case):
     c = shortcut_case
-    regions = slicer_logic.ensure_region_segmentation(c.scene, None, c.reference)
-    assert regions.GetName() == slicer_logic.REGION_SEGMENTATION_NAME
-    segment_id = slicer_logic.create_region_segment(c.scene, regions, c.reference, "predicted", c.predicted,
+    regions = shortcuts.ensure_region_segmentation(c.scene, None, c.reference)
+    assert regions.GetName() == shortcuts.REGION_SEGMENTATION_NAME
+    segment_id = shortcuts.create_region_segment(c.scene, regions, c.reference, "predicted", c.predicted,
                                                     c.predicted_id)
     np.testing.assert_array_equal(mrml.segment_mask(regions, segment_id, c.reference), c.predicted_labels == 1)
-    assert slicer_logic.ensure_region_segmentation(c.scene, regions, c.reference) is regions
+    assert shortcuts.ensure_region_segmentation(c.scene, regions, c.reference) is regions
 
 
 def test_update_region_follows_a_shortcut_repaint(shortcut_case):
     c = shortcut_case
-    outputs = slicer_logic.explain(c.scene, c.case.inputs, c.reference, c.regions, c.case.segment_id,
+    outputs = logic.explain(c.scene, c.case.inputs, c.reference, c.regions, c.case.segment_id,
                                    make_package(), 1, None, "cpu")
-    composition = torch.from_numpy(slicer_logic.composition_array(outputs.composition_node))
+    composition = torch.from_numpy(publish.composition_array(outputs.composition_node))
 
     def check(segment_id):
         mask = mrml.segment_mask(c.regions, segment_id, c.reference)
-        shares, used, excluded = slicer_logic.update_region(c.scene, outputs, None, c.regions, segment_id,
+        shares, used, excluded = logic.update_region(c.scene, outputs, None, c.regions, segment_id,
                                                             c.reference)
         expected, expected_used, expected_excluded = engine.region_shares(composition, torch.from_numpy(mask))
         np.testing.assert_allclose(shares, expected.numpy(), rtol=1e-5, atol=1e-7)
@@ -665,7 +664,7 @@ def test_update_region_follows_a_shortcut_repaint(shortcut_case):
     lesion_1 = check(lesion_id)
     assert not np.allclose(lesion_1, lesion_2)
     check(shortcut(c, "predicted"))
-    check(slicer_logic.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
+    check(shortcuts.create_error_segments(c.scene, c.regions, c.reference, c.predicted, c.predicted_id,
                                              c.truth, c.truth_id).segment_ids["fp"])
 
 
@@ -676,15 +675,13 @@ def publish_synthetic(case, cancel=None):
     """publish_explanation on made-up arrays (no LRP pass)."""
     rng = np.random.default_rng(3)
     channels = len(SEQUENCES)
-    inputs = slicer_logic.InputStack(np.zeros((channels, *REFERENCE_SHAPE), np.float32), list(SEQUENCES),
-                                     REFERENCE_SHAPE)
-    request = slicer_logic.ExplainRequest(inputs, case.mask, 1, None, "cpu")
     composition = rng.random((channels, *REFERENCE_SHAPE)).astype(np.float32)
     composition /= composition.sum(0, keepdims=True)
-    result = slicer_logic.ExplainResult(rng.normal(size=(channels, *REFERENCE_SHAPE)).astype(np.float32) * 1e-3,
-                                        composition, np.full(channels, 1 / channels), np.full(channels, 1 / channels),
-                                        int(case.mask.sum()), 0)
-    return slicer_logic.publish_explanation(case.scene, request, result, case.reference, cancel=cancel)
+    result = publish.ExplainResult(
+        relevance=rng.normal(size=(channels, *REFERENCE_SHAPE)).astype(np.float32) * 1e-3, composition=composition,
+        shares=np.full(channels, 1 / channels), positive_shares=np.full(channels, 1 / channels),
+        n_used=int(case.mask.sum()), n_excluded=0, sequence_names=list(SEQUENCES))
+    return publish.publish_explanation(case.scene, result, case.reference, cancel=cancel)
 
 
 def legend_count(scene):
@@ -736,15 +733,15 @@ def test_publish_adds_a_colour_legend_where_the_colors_logic_offers_one(case, mo
 
 
 def test_find_volume_by_name_for_the_reference_sequence(case):
-    assert slicer_logic.find_volume_by_name(case.scene, "T1 pre") is case.reference
-    assert slicer_logic.find_volume_by_name(case.scene, "t1 PRE") is case.reference
-    assert slicer_logic.find_volume_by_name(case.scene, "T1-arterial") is case.inputs[1]
-    assert slicer_logic.find_volume_by_name(case.scene, "T1-15min") is None
-    assert slicer_logic.find_volume_by_name(case.scene, None) is None
+    assert logic.find_volume_by_name(case.scene, "T1 pre") is case.reference
+    assert logic.find_volume_by_name(case.scene, "t1 PRE") is case.reference
+    assert logic.find_volume_by_name(case.scene, "T1-arterial") is case.inputs[1]
+    assert logic.find_volume_by_name(case.scene, "T1-15min") is None
+    assert logic.find_volume_by_name(case.scene, None) is None
     add_volume(np.zeros(REFERENCE_SHAPE), REFERENCE_IJK_TO_RAS, "T1_pre")
     add_volume(np.zeros(REFERENCE_SHAPE), REFERENCE_IJK_TO_RAS, "T1-pre")
-    assert slicer_logic.find_volume_by_name(case.scene, "T1 pre") is case.reference  # exact wins
-    assert slicer_logic.find_volume_by_name(case.scene, "t1.pre") is None  # ambiguous
+    assert logic.find_volume_by_name(case.scene, "T1 pre") is case.reference  # exact wins
+    assert logic.find_volume_by_name(case.scene, "t1.pre") is None  # ambiguous
 
 
 def test_shortcuts_fire_the_events_the_module_observes_and_update_region_fires_none(shortcut_case):
@@ -762,7 +759,7 @@ def test_shortcuts_fire_the_events_the_module_observes_and_update_region_fires_n
         shortcut(c, "predicted")  # replacing fires them too
         assert events
         events.clear()
-        slicer_logic.update_region(c.scene, outputs, None, c.regions, segment_id, c.reference)
+        logic.update_region(c.scene, outputs, None, c.regions, segment_id, c.reference)
         assert events == []
     finally:
         for tag in tags:
@@ -774,7 +771,7 @@ def test_crosshair_ras_reads_the_crosshair_node(mrml_scene):
     if crosshair is None:  # the desktop app has one singleton; the headless scene may not
         crosshair = mrml_scene.AddNewNodeByClass("vtkMRMLCrosshairNode")
     crosshair.SetCrosshairRAS(1.5, -2.0, 30.0)
-    assert slicer_logic.crosshair_ras(mrml_scene) == (1.5, -2.0, 30.0)
+    assert shortcuts.crosshair_ras(mrml_scene) == (1.5, -2.0, 30.0)
 
 
 def test_the_module_logic_prefers_the_bundled_demo_and_finds_the_reference_volume(case, monkeypatch):
@@ -788,3 +785,98 @@ def test_the_module_logic_prefers_the_bundled_demo_and_finds_the_reference_volum
     assert logic.findReferenceVolume(types.SimpleNamespace(reference_sequence="T1 arterial")) is case.inputs[1]
     assert logic.findReferenceVolume(types.SimpleNamespace(reference_sequence=None)) is None
     assert logic.findReferenceVolume(None) is None
+
+
+# ------------------------------------------------------------------------------------ one MRML form
+
+
+def folder_layout(scene, folder_item_id):
+    """(class, name without the folder's name) of every node in an output folder."""
+    subject_hierarchy = scene.GetSubjectHierarchyNode()
+    prefix = subject_hierarchy.GetItemName(folder_item_id) + " "
+    ids = vtk.vtkIdList()
+    subject_hierarchy.GetItemChildren(folder_item_id, ids, True)
+    nodes = [subject_hierarchy.GetItemDataNode(ids.GetId(i)) for i in range(ids.GetNumberOfIds())]
+    return sorted((node.GetClassName(), node.GetName().removeprefix(prefix)) for node in nodes)
+
+
+def table_columns(table_node):
+    table = table_node.GetTable()
+    return [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+
+
+def test_the_scene_export_has_the_module_layout_and_update_region_works_on_the_loaded_scene(case, tmp_path):
+    """save_slicer_scene publishes like the module does; the loaded .mrml is found like the module
+    finds it, and a repainted region's shares are the composition's region_shares (no LRP pass)."""
+    from LRPSegmentationLib import pipeline
+    from LRPSegmentationLib.imaging import Geometry
+    from LRPSegmentationLib.slicer.headless import clear_scene
+    from LRPSegmentationLib.slicer.scene import save_slicer_scene
+
+    model = make_model()
+    package = make_package(model)
+    module_outputs = logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+                                   package, 1, None, "cpu")
+    module_layout = folder_layout(case.scene, module_outputs.folder_item_id)
+    module_columns = table_columns(module_outputs.table_node)
+
+    images = mrml.arrays_on_reference(case.inputs, case.reference, SEQUENCES)  # the case on the reference grid
+    geometry = Geometry.from_ijk_to_ras(REFERENCE_IJK_TO_RAS, REFERENCE_SHAPE)
+    result = pipeline.explain_case(pipeline.Case("tiny", images, geometry, list(SEQUENCES)), model, package,
+                                   regions={"predicted": case.mask}, device="cpu")
+    path = save_slicer_scene(result, tmp_path, package)
+
+    scene = clear_scene()
+    scene.SetURL(str(path))
+    assert scene.Import()
+    outputs = publish.find_explanation(scene)  # what the module does on a loaded scene
+    assert outputs is not None and outputs.sequence_names == SEQUENCES
+    assert folder_layout(scene, outputs.folder_item_id) == module_layout
+    assert table_columns(outputs.table_node) == module_columns
+    assert outputs.composition_node.GetImageData().GetNumberOfScalarComponents() == len(SEQUENCES)
+    explanation = result.explanations["predicted"]
+    np.testing.assert_allclose(outputs.shares, explanation.sequence_shares.numpy(), atol=1e-6)  # table as text
+    assert (outputs.n_used, outputs.n_excluded) == (explanation.n_used, explanation.n_excluded)
+    for channel, node in enumerate(outputs.relevance_nodes):
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(node), explanation.relevance[channel].numpy(),
+                                   rtol=1e-6, atol=1e-9)
+    reference = logic.find_volume_by_name(scene, package.reference_sequence)
+    segmentation = scene.GetFirstNodeByName(f"{reference.GetName()} LRP segmentation")
+    assert segmentation is not None and segmentation.IsA("vtkMRMLSegmentationNode")
+
+    new_mask = np.zeros(REFERENCE_SHAPE, bool)
+    new_mask[1:4, 4:8, 0:6] = True
+    regions_node = shortcuts.ensure_region_segmentation(scene, None, reference)
+    segment_id = shortcuts.write_region_segment(regions_node, "A: repainted", new_mask, reference)
+    shares, used, excluded = logic.update_region(scene, outputs, None, regions_node, segment_id, reference)
+    expected, expected_used, expected_excluded = engine.region_shares(torch.from_numpy(result.composition),
+                                                                      torch.from_numpy(new_mask))
+    np.testing.assert_allclose(shares, expected.numpy(), rtol=1e-5, atol=1e-7)
+    assert (used, excluded) == (expected_used, expected_excluded)
+    np.testing.assert_allclose(table_rows(outputs.table_node)[1], expected.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_find_explanation_gives_the_nodes_explain_created(case):
+    assert publish.find_explanation(case.scene) is None
+    outputs = logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+                            make_package(), 0, None, "cpu", cross_check=True)
+    found = publish.find_explanation(case.scene)
+    assert found.composition_node is outputs.composition_node and found.table_node is outputs.table_node
+    assert found.chart_node is outputs.chart_node and found.folder_item_id == outputs.folder_item_id
+    assert [n.GetID() for n in found.relevance_nodes] == [n.GetID() for n in outputs.relevance_nodes]
+    assert found.sequence_names == outputs.sequence_names and found.caution == outputs.caution
+    np.testing.assert_allclose(found.shares, outputs.shares, rtol=1e-6)
+    assert (found.n_used, found.n_excluded) == (outputs.n_used, outputs.n_excluded)
+    mrml.remove_output_folder(case.scene, outputs.folder_item_id)
+    assert publish.find_explanation(case.scene) is None
+
+
+def test_the_slicer_wing_imports_without_torch():
+    import subprocess
+    import sys
+
+    script = ("import sys\nimport LRPSegmentationLib.slicer.logic, LRPSegmentationLib.slicer.shortcuts, "
+              "LRPSegmentationLib.slicer.publish, LRPSegmentationLib.slicer.scene, LRPSegmentationLib.slicer.jobs\n"
+              "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

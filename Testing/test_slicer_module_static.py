@@ -13,6 +13,8 @@ import ast
 import json
 import py_compile
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -65,12 +67,42 @@ def test_module_byte_compiles(tmp_path):
 
 
 def test_module_imports_no_torch_at_import_time():
-    """torch comes from the PyTorch extension on Apply, never at import."""
+    """torch comes from the PyTorch extension on Apply, never at import; of the library, the module
+    imports only the vocabulary (standard library) at import time."""
     for node in module_tree().body:
         if isinstance(node, ast.Import):
-            assert not any(alias.name.split(".")[0] == "torch" for alias in node.names)
+            assert not any(alias.name.split(".")[0] in {"torch", "LRPSegmentationLib"} for alias in node.names)
         if isinstance(node, ast.ImportFrom):
-            assert (node.module or "").split(".")[0] not in {"torch", "LRPSegmentationLib"}
+            module = node.module or ""
+            assert module.split(".")[0] != "torch"
+            assert module.split(".")[0] != "LRPSegmentationLib" or module == "LRPSegmentationLib.vocabulary"
+
+
+def _modules_loaded_by(statement: str) -> set[str]:
+    """Top-level packages in sys.modules after ``statement`` in a fresh interpreter."""
+    script = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=MODULE_DIR)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_the_vocabulary_needs_only_the_standard_library():
+    """The module imports it at Slicer's start-up: no numpy, no torch, no slicer."""
+    tree = ast.parse((LIB_DIR / "vocabulary.py").read_text(encoding="utf-8"))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 if node.level == 0}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    assert not any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(tree))
+    assert not _modules_loaded_by("import LRPSegmentationLib.vocabulary") & {"numpy", "torch", "slicer"}
+
+
+def test_region_a_and_the_package_description_need_no_torch():
+    """What the module's main thread uses to choose region A and read a package: numpy/SimpleITK only."""
+    loaded = _modules_loaded_by("import LRPSegmentationLib.regions, LRPSegmentationLib.models.metadata")
+    assert "torch" not in loaded and "numpy" in loaded
 
 
 def test_module_has_the_template_classes_and_metadata():
@@ -192,13 +224,20 @@ def test_catalog_entry_has_the_required_keys():
     assert entry["enabled"] is True
 
 
-def test_no_qt_in_the_library_glue():
-    """slicer_logic must stay Qt-free (only LRPSegmentation.py may use Qt)."""
-    tree = ast.parse((LIB_DIR / "slicer_logic.py").read_text(encoding="utf-8"))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"qt", "ctk", "PythonQt", "PyQt5", "PySide2", "PySide6"}
+def test_no_qt_and_no_module_level_torch_in_the_slicer_wing():
+    """The Slicer wing must stay Qt-free (only LRPSegmentation.py may use Qt), and torch is imported
+    only inside the functions that compute (the worker thread)."""
+    files = sorted((LIB_DIR / "slicer").glob("*.py"))
+    assert {path.name for path in files} >= {"logic.py", "mrml.py", "publish.py", "shortcuts.py", "scene.py"}
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+        assert not imported & {"qt", "ctk", "PythonQt", "PyQt5", "PySide2", "PySide6"}, path.name
+        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
+                     for alias in node.names}
+        assert "torch" not in top_level, path.name

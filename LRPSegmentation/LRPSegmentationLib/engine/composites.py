@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..vocabulary import COMPOSITES  # the names `make_composite` accepts, torch-free for the user interfaces
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
 
 #: Layer kinds a composite assigns rules to.
@@ -44,10 +45,6 @@ class Composite:
         """False if the first layer's rule ignores the input values (per-sequence shares are then
         meaningless: relevance is spread uniformly over the sequences)."""
         return self.first is None or self.first.input_aware
-
-
-#: The names accepted by `make_composite`.
-COMPOSITES = ("epsilon", "epsilon_gamma_box", "epsilon_plus_flat", "epsilon_alpha2_beta1")
 
 
 def make_composite(name: str, low: float | torch.Tensor | None = None, high: float | torch.Tensor | None = None,

@@ -12,6 +12,9 @@ and the share of sequence c in every output voxel at once, (Lᵀ1_c)/(Lᵀ1)   (
 A voxel whose map keeps almost none of its score (|s_a| / Σ_k |c_k y_ka| below ``tolerance``, e.g.
 relevance absorbed by biases) cannot be normalized stably — not by the per-voxel loop either. It is
 excluded, counted and reported; nothing is ever divided by zero.
+
+`explain_region` and `sequence_composition` answer one question each; `forward.TracedForward`
+keeps the traced pass and answers any number of them (several regions in one LRP pass).
 """
 from __future__ import annotations
 
@@ -26,10 +29,10 @@ from torch import nn
 
 from .composites import Composite, resolve_composite
 from .graph import Graph, trace
+from ..vocabulary import DEFAULT_COMPOSITE  # the name the UI shares: one definition
 
 #: Default for ``tolerance``: a voxel whose LRP map keeps less than 0.1 % of its target score is excluded.
 DEFAULT_TOLERANCE = 1e-3
-DEFAULT_COMPOSITE = "epsilon_gamma_box"
 
 
 @dataclass(frozen=True)
@@ -184,23 +187,46 @@ def _check_model_and_input(model: nn.Module, x: torch.Tensor) -> torch.dtype:
 
 
 @contextlib.contextmanager
+def tf32_off() -> Iterator[None]:
+    """TF32 off for the duration (LRP divides by small numbers; TF32 keeps about 10 mantissa bits),
+    restored afterwards."""
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@contextlib.contextmanager
+def model_on(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` moved to ``device``, and back to where its parameters were afterwards."""
+    params = list(model.parameters())
+    original = params[0].device if params else device
+    try:
+        yield model.to(device)
+    finally:
+        model.to(original)
+
+
+def checked_input(model: nn.Module, x: torch.Tensor, device: str | torch.device | None
+                  ) -> tuple[torch.Tensor, torch.device]:
+    """Check ``model`` and ``x`` (see `compute_context`) and return x on the compute device, in the
+    model's dtype (float32 or float64), with the device."""
+    dtype = _check_model_and_input(model, x)
+    device = resolve_device(device)
+    return x.detach().to(device=device, dtype=dtype), device
+
+
+@contextlib.contextmanager
 def compute_context(model: nn.Module, x: torch.Tensor, device: str | torch.device | None) -> Iterator[torch.Tensor]:
     """Run on ``device`` with TF32 off; the model is returned to its original device afterwards.
 
     Yields x on the device, in the model's dtype (float32 or float64).
     """
-    dtype = _check_model_and_input(model, x)
-    device = resolve_device(device)
-    params = list(model.parameters())
-    original = params[0].device if params else device
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        model.to(device)
-        yield x.detach().to(device=device, dtype=dtype)
-    finally:
-        model.to(original)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    x_dev, device = checked_input(model, x, device)
+    with tf32_off(), model_on(model, device):
+        yield x_dev
 
 
 def prepare_graph(model: nn.Module, x: torch.Tensor, composite: str | Composite) -> Graph:
@@ -215,19 +241,30 @@ def prepare_graph(model: nn.Module, x: torch.Tensor, composite: str | Composite)
     return graph.prepare(resolve_composite(composite, x))
 
 
-def check_region(region, spatial: torch.Size, device: torch.device) -> torch.Tensor:
+def region_label(name: object = None) -> str:
+    """How errors name a region: "region", or "region 'tp'" for a named one."""
+    return "region" if name is None else f"region {name!r}"
+
+
+def check_region(region, spatial: torch.Size, device: torch.device, name: object = None) -> torch.Tensor:
+    """``region`` as a bool (D, H, W) tensor on ``device``; ``name`` (e.g. "tp") goes into the errors.
+
+    Raises:
+        ValueError: not a 0/1 mask, a shape other than the output grid ``spatial``, or empty.
+    """
+    label = region_label(name)
     if isinstance(region, torch.Tensor):
-        _refuse_meta(region, "region")
+        _refuse_meta(region, label)
     region = torch.as_tensor(np.asarray(region) if not isinstance(region, torch.Tensor) else region)
     if region.dtype != torch.bool:
         if region.is_floating_point() or not ((region == 0) | (region == 1)).all():
-            raise ValueError("region must be a boolean (D, H, W) mask (0/1 integers are accepted)")
+            raise ValueError(f"{label} must be a boolean (D, H, W) mask (0/1 integers are accepted)")
         region = region.bool()
     if tuple(region.shape) != tuple(spatial):
-        raise ValueError(f"region has shape {tuple(region.shape)} but the model's output grid is "
+        raise ValueError(f"{label} has shape {tuple(region.shape)} but the model's output grid is "
                          f"{tuple(spatial)}; resample the mask to the output grid")
     if not region.any():
-        raise ValueError("the region is empty: paint at least one voxel")
+        raise ValueError(f"{'the region' if name is None else label} is empty: paint at least one voxel")
     return region.to(device)
 
 
@@ -237,27 +274,6 @@ def check_tolerance(tolerance: float) -> float:
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0.0 < tolerance < 1.0:
         raise ValueError(f"tolerance must be a fraction in (0, 1) (e.g. {DEFAULT_TOLERANCE:g}), got {tolerance!r}")
     return float(tolerance)
-
-
-@dataclass
-class _Normalization:
-    """Per output voxel: numerator n = c⊙y (1, K, ...), total s_a, and which voxels are usable."""
-
-    numerator: torch.Tensor
-    total: torch.Tensor
-    valid: torch.Tensor
-    conservation: torch.Tensor
-
-
-def _normalization(graph: Graph, coefficients: torch.Tensor, tolerance: float) -> _Normalization:
-    y = graph.logits
-    numerator = coefficients.view(1, -1, 1, 1, 1) * y
-    v = graph.transpose(torch.ones(graph.input_shape, dtype=y.dtype, device=y.device))
-    total = (numerator * v).sum(1)[0]
-    scale = numerator.abs().sum(1)[0]
-    conservation = torch.where(scale > 0, total / torch.where(scale > 0, scale, 1.0), torch.zeros_like(total))
-    valid = (scale > 0) & (total != 0) & (conservation.abs() >= tolerance)
-    return _Normalization(numerator, total, valid, conservation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,37 +332,11 @@ def explain_region(model: nn.Module, x: torch.Tensor, region, target: int | Targ
         ValueError: bad shapes, empty region, NaN/Inf input, training mode, target out of range,
             or every region voxel excluded.
     """
-    target = as_target(target)
-    tolerance = check_tolerance(tolerance)
-    with compute_context(model, x, device) as x_dev:
-        graph = prepare_graph(model, x_dev, composite)
-        y = graph.logits
-        region = check_region(region, y.shape[2:], y.device)
-        coefficients = target.coefficients(y.shape[1], y.dtype, y.device)
-        norm = _normalization(graph, coefficients, tolerance)
-        used = region & norm.valid
-        n_used, n_region = int(used.sum()), int(region.sum())
-        if n_used == 0:
-            raise ValueError(f"all {n_region} region voxels were excluded: their LRP maps keep less than "
-                             f"{tolerance:g} of the target score (is the target class present there?)")
-        weights = torch.where(used, 1.0 / torch.where(used, norm.total, 1.0), torch.zeros_like(norm.total))
-        relevance = graph.relevance(norm.numerator * weights)[0]
-        total = relevance.sum()
-        per_sequence = relevance.flatten(1).sum(1)
-        positive = relevance.clamp(min=0).flatten(1).sum(1)
-        conservation = norm.conservation[used]
-        diagnostics = {
-            "relevance_sum": float(total),
-            "conservation_error": float((total - n_used).abs() / n_used),
-            "mean_conserved_fraction": float(conservation.mean()),
-            "min_abs_conserved_fraction": float(conservation.abs().min()),
-        }
-        return RegionExplanation(
-            relevance=relevance.cpu(),
-            sequence_shares=(per_sequence / total).cpu() if total != 0 else torch.zeros_like(per_sequence).cpu(),
-            positive_shares=(positive / positive.sum()).cpu() if positive.sum() > 0 else positive.cpu(),
-            n_used=n_used, n_excluded=n_region - n_used, excluded=(region & ~norm.valid).cpu(),
-            target=target, composite=graph.composite.name, tolerance=tolerance, diagnostics=diagnostics)
+    from .forward import TracedForward  # built on this module
+
+    target, tolerance = as_target(target), check_tolerance(tolerance)
+    with TracedForward(model, x, composite, device) as traced:
+        return traced.explain_region(region, target, tolerance)
 
 
 def sequence_composition(model: nn.Module, x: torch.Tensor, target: int | Target = 1,
@@ -361,26 +351,11 @@ def sequence_composition(model: nn.Module, x: torch.Tensor, target: int | Target
         voxels (see `explain_region`) are all zero. The shares of any region A are
         `region_shares(composition, A)` — exactly those of `explain_region` — with no new pass.
     """
-    target = as_target(target)
-    tolerance = check_tolerance(tolerance)
-    with compute_context(model, x, device) as x_dev:
-        graph = prepare_graph(model, x_dev, composite)
-        y = graph.logits
-        coefficients = target.coefficients(y.shape[1], y.dtype, y.device)
-        norm = _normalization(graph, coefficients, tolerance)
-        channels = x_dev.shape[1]
-        chunk = chunk or channels
-        inv_total = torch.where(norm.valid, 1.0 / torch.where(norm.valid, norm.total, 1.0),
-                                torch.zeros_like(norm.total))
-        parts = []
-        for start in range(0, channels, chunk):
-            stop = min(start + chunk, channels)
-            indicator = torch.zeros((stop - start,) + tuple(x_dev.shape[1:]), dtype=y.dtype, device=y.device)
-            for k, c in enumerate(range(start, stop)):
-                indicator[k, c] = 1.0
-            v = graph.transpose(indicator)
-            parts.append(((norm.numerator * v).sum(1) * inv_total).cpu())
-        return torch.cat(parts)
+    from .forward import TracedForward  # built on this module
+
+    target, tolerance = as_target(target), check_tolerance(tolerance)
+    with TracedForward(model, x, composite, device) as traced:
+        return traced.composition(target, tolerance, chunk)
 
 
 def region_shares(composition: torch.Tensor, region) -> tuple[torch.Tensor, int, int]:

@@ -31,7 +31,10 @@ the file is ever imported. A package whose architecture is not registered cannot
       "weights": {"file": "weights.safetensors", "sha256": "...", "parameters": 12345}
     }
 
-Normalization methods are those of ``imaging.validate_normalization`` and are stored complete
+``model.json`` is read by `metadata.read_description` (torch-free; the Slicer module reads it too),
+which checks its structure; `ModelPackage` checks the values.
+
+Normalization methods are those of ``normalization.validate_normalization`` and are stored complete
 (defaults filled in), so a later change of defaults cannot silently change a package. Box bounds
 (null: the engine takes each sequence's range in the input) are in the network's input space,
 i.e. after normalization.
@@ -55,24 +58,15 @@ import torch
 from torch import nn
 
 from ..engine import COMPOSITES, DEFAULT_COMPOSITE, Composite, make_composite
-from ..imaging import validate_normalization
+from ..normalization import validate_normalization
+from ..vocabulary import DEFAULT_CLASS_COLORS
+from .metadata import (FORMAT, FORMAT_VERSION, METADATA_FILE, PACKAGE_SUFFIX, WEIGHTS_FILE, check_names,
+                       read_description)
 from .registry import build_architecture, build_on_meta
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PACKAGE_SUFFIX", "METADATA_FILE", "WEIGHTS_FILE", "ModelPackage",
-           "create_package", "load_package"]
+__all__ = ["ModelPackage", "create_package", "load_package"]
 
 PathLike = Union[str, os.PathLike]
-
-FORMAT = "lrpsegmentation.model"
-#: Newest format version this code reads and the one it writes.
-FORMAT_VERSION = 1
-PACKAGE_SUFFIX = ".lrpmodel"
-METADATA_FILE = "model.json"
-WEIGHTS_FILE = "weights.safetensors"
-
-#: Colours given to classes when none are specified: background black, then distinct colours.
-_DEFAULT_COLORS = [(0.0, 0.0, 0.0), (0.9, 0.2, 0.2), (0.2, 0.7, 0.3), (0.2, 0.4, 0.9), (0.95, 0.8, 0.2),
-                   (0.7, 0.3, 0.8), (0.2, 0.8, 0.8), (0.95, 0.5, 0.1)]
 #: How many keys an error message lists per kind of weight mismatch.
 _LISTED = 5
 
@@ -80,19 +74,6 @@ _LISTED = 5
 # --------------------------------------------------------------------------------------------
 # Field validation: each helper returns the canonical value or raises ValueError naming the field
 # --------------------------------------------------------------------------------------------
-def _names(value: Any, what: str) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise ValueError(f"{what} must be a non-empty list of names, got {value!r}")
-    names = list(value)
-    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise ValueError(f"{what} must be non-empty strings, got {bad!r}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"{what} must be unique; repeated: {duplicates}")
-    return names
-
-
 def _finite(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
@@ -262,7 +243,7 @@ class ModelPackage:
         architecture: registry name, e.g. ``"unet3d"`` or ``"monai.DynUNet"``.
         architecture_kwargs: keyword arguments of the architecture's builder (JSON values).
         sequences: input sequence names in channel order, e.g. ``["T2", "plainT1", ..., "T1-15min"]``.
-        normalization: one complete method dict per sequence (``imaging.validate_normalization``);
+        normalization: one complete method dict per sequence (``normalization.validate_normalization``);
             on construction also a single dict for all, or a sequence name → dict mapping.
         class_names: K names, in logit order, e.g. ``["background", "tumour"]``.
         target_spacing: (x, y, z) voxel spacing in mm the network was trained at.
@@ -306,7 +287,7 @@ class ModelPackage:
         if not isinstance(self.architecture_kwargs, Mapping):
             raise ValueError(f"architecture_kwargs must be a dict, got {type(self.architecture_kwargs).__name__}")
         self.architecture_kwargs = _json_value(dict(self.architecture_kwargs), "architecture_kwargs")
-        self.sequences = _names(self.sequences, "sequences")
+        self.sequences = check_names(self.sequences, "sequences")
         channels = len(self.sequences)
         if self.reference_sequence is None:
             self.reference_sequence = self.sequences[-1]
@@ -314,13 +295,13 @@ class ModelPackage:
             raise ValueError(f"reference_sequence {self.reference_sequence!r} is not one of the sequences "
                              f"{self.sequences}")
         self.normalization = _normalizations(self.normalization, self.sequences)
-        self.class_names = _names(self.class_names, "class_names")
+        self.class_names = check_names(self.class_names, "class_names")
         classes = len(self.class_names)
         if self.class_colors is None:
-            if classes > len(_DEFAULT_COLORS):
+            if classes > len(DEFAULT_CLASS_COLORS):
                 raise ValueError(f"give class_colors for {classes} classes (the default palette has "
-                                 f"{len(_DEFAULT_COLORS)})")
-            self.class_colors = _DEFAULT_COLORS[:classes]
+                                 f"{len(DEFAULT_CLASS_COLORS)})")
+            self.class_colors = list(DEFAULT_CLASS_COLORS[:classes])
         if isinstance(self.class_colors, str) or not isinstance(self.class_colors, Sequence) \
                 or len(self.class_colors) != classes:
             raise ValueError(f"class_colors must hold one (r, g, b) per class ({classes}: {self.class_names}), "
@@ -580,41 +561,6 @@ class ModelPackage:
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
-def _check_keys(value: Any, label: str, required: set[str], optional: frozenset[str] = frozenset()) -> None:
-    """``value`` must be an object with all ``required`` keys and no others than ``optional``;
-    unknown keys are errors so that a misspelt hand edit is not silently ignored."""
-    if not isinstance(value, dict):
-        raise ValueError(f"{label} must be a JSON object, got {value!r}")
-    missing = sorted(required - set(value))
-    unknown = sorted(set(value) - required - optional)
-    if missing or unknown:
-        raise ValueError(f"{label}: missing key(s) {missing}, unknown key(s) {unknown}")
-
-
-def _section(meta: dict[str, Any], key: str, required: set[str], file: Path) -> dict[str, Any]:
-    """``meta[key]``, an object with exactly the ``required`` keys."""
-    _check_keys(meta[key], f"{file}: '{key}'", required)
-    return meta[key]
-
-
-def _read_metadata(file: Path) -> dict[str, Any]:
-    try:
-        metadata = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{file} is not valid JSON: {error}") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ValueError(f"{file} is not an LRPSegmentation model description (no \"format\": \"{FORMAT}\")")
-    version = metadata.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{file}: format_version must be a positive integer, got {version!r}")
-    if version > FORMAT_VERSION:
-        raise ValueError(f"{file} uses package format version {version}; this LRPSegmentation reads up to "
-                         f"version {FORMAT_VERSION} — update LRPSegmentation")
-    _check_keys(metadata, str(file), {"format", "format_version", "name", "architecture", "input", "output",
-                                      "inference", "lrp", "weights"}, frozenset({"description", "training_info"}))
-    return metadata
-
-
 def load_package(path: PathLike, check: bool = True) -> ModelPackage:
     """Read a package folder written by `ModelPackage.save` (or its ``model.json``).
 
@@ -630,32 +576,9 @@ def load_package(path: PathLike, check: bool = True) -> ModelPackage:
         ValueError: malformed or newer-format metadata, a weights file that is corrupt or fails its
             checksum, an unknown architecture, or weights that do not fit the architecture.
     """
-    path = Path(path)
-    folder = path.parent if path.name == METADATA_FILE else path
+    description = read_description(path)
+    folder, weights = Path(description.path), description.weights
     file = folder / METADATA_FILE
-    if not folder.exists():
-        raise FileNotFoundError(f"no model package at {folder}")
-    if not file.is_file():
-        raise FileNotFoundError(f"{folder} is not a model package: {METADATA_FILE} is missing")
-    meta = _read_metadata(file)
-    arch = _section(meta, "architecture", {"name", "kwargs"}, file)
-    inputs = _section(meta, "input", {"sequences", "reference_sequence", "target_spacing_mm"}, file)
-    output = _section(meta, "output", {"classes"}, file)
-    inference = _section(meta, "inference", {"patch_size", "overlap"}, file)
-    lrp = _section(meta, "lrp", {"composite", "box_low", "box_high"}, file)
-    weights = _section(meta, "weights", {"file", "sha256", "parameters"}, file)
-
-    sequences = inputs["sequences"]
-    if not isinstance(sequences, list) or not all(isinstance(s, dict) for s in sequences):
-        raise ValueError(f"{file}: 'input.sequences' must be a list of {{\"name\", \"normalization\"}} objects")
-    for entry in sequences:
-        if set(entry) != {"name", "normalization"}:
-            raise ValueError(f"{file}: each of 'input.sequences' needs exactly the keys name and normalization, "
-                             f"got {sorted(entry)}")
-    classes = output["classes"]
-    if not isinstance(classes, list) or not all(isinstance(c, dict) and set(c) == {"name", "color"} for c in classes):
-        raise ValueError(f"{file}: 'output.classes' must be a list of {{\"name\", \"color\"}} objects")
-
     if weights["file"] != WEIGHTS_FILE:  # a fixed name: the file never chooses what is read
         raise ValueError(f"{file}: 'weights.file' must be {WEIGHTS_FILE!r}, got {weights['file']!r}")
     weights_file = folder / WEIGHTS_FILE
@@ -675,13 +598,13 @@ def load_package(path: PathLike, check: bool = True) -> ModelPackage:
 
     try:
         package = ModelPackage(
-            name=meta["name"], architecture=arch["name"], architecture_kwargs=arch["kwargs"],
-            sequences=[s["name"] for s in sequences], normalization=[s["normalization"] for s in sequences],
-            reference_sequence=inputs["reference_sequence"], target_spacing=inputs["target_spacing_mm"],
-            class_names=[c["name"] for c in classes], class_colors=[c["color"] for c in classes],
-            patch_size=inference["patch_size"], overlap=inference["overlap"], composite=lrp["composite"],
-            box_low=lrp["box_low"], box_high=lrp["box_high"], description=meta.get("description", ""),
-            training_info=meta.get("training_info", {}), state_dict=state_dict)
+            name=description.name, architecture=description.architecture,
+            architecture_kwargs=description.architecture_kwargs, sequences=description.sequences,
+            normalization=description.normalization, reference_sequence=description.reference_sequence,
+            target_spacing=description.target_spacing, class_names=description.class_names,
+            class_colors=description.class_colors, patch_size=description.patch_size, overlap=description.overlap,
+            composite=description.composite, box_low=description.box_low, box_high=description.box_high,
+            description=description.description, training_info=description.training_info, state_dict=state_dict)
     except ValueError as error:
         raise ValueError(f"{file}: {error}") from None
     if check:

@@ -1,0 +1,20 @@
+"""The 3D Slicer wing: everything the LRPSegmentation module does on MRML, without Qt.
+
+``LRPSegmentation.py`` (the Slicer module) only wires its widgets to these modules; the tests drive
+them on a headless slicer-core scene. Each module has one concern:
+
+- ``mrml``: numpy arrays <-> MRML nodes (volumes, segments, relevance volumes, tables, folders);
+- ``logic``: Segment and Explain in three phases -- ``prepare_*`` (main thread, reads MRML),
+  ``compute_*`` (worker thread, numpy/torch only), then ``publish`` -- and ``update_region``;
+- ``publish``: the one MRML form of a segmentation and of an explanation (node layout, names,
+  table columns, the composition vector volume), written by the module and by the scene export
+  alike, and found again in a loaded scene (``find_explanation``);
+- ``shortcuts``: region A in one click (predicted class, the lesion at the crosshair, TP/FN/FP),
+  on top of ``LRPSegmentationLib.regions``;
+- ``jobs``: the background thread the module polls, cancellation and progress;
+- ``scene``: an explained case written as a ``.mrml`` scene (the demo's), with the module's layout;
+- ``headless``: a Qt-free "Slicer application" on slicer-core for tests and the scene export.
+
+This package is named after, and imports, the ``slicer`` package of 3D Slicer / slicer-core: inside
+it, ``import slicer`` is that top-level package (absolute imports), never this one.
+"""

@@ -1,0 +1,342 @@
+"""The one MRML form of a segmentation and of an explanation (main thread, no Qt, no torch).
+
+The module's Segment and Explain buttons and the scene export (`scene.save_slicer_scene`, the
+demo's ``.mrml``) all write through `publish_segmentation` / `publish_explanation`, so a saved
+scene has exactly the layout the module creates and `find_explanation` finds it again after
+loading (``update_region`` then works on it). An explanation of region A is, inside one
+subject-hierarchy folder ``<folder>`` beside the reference volume:
+
+- ``<folder> relevance <sequence>``: one scalar volume per sequence (diverging colour table, one
+  symmetric window shared by all sequences);
+- ``<folder> sequence composition``: a vector volume of C components, each voxel's per-sequence
+  composition (attribute `COMPOSITION_ATTRIBUTE`: the sequence names); it references the
+  relevance volumes, the table and the chart (roles `RELEVANCE_REFERENCE`, `TABLE_REFERENCE`,
+  `CHART_REFERENCE`), which is how a loaded scene is read back;
+- ``<folder> shares``: a table of one row per sequence -- columns ``sequence``, ``share``,
+  ``positive share`` and, with the cross-check, `MARGIN_COLUMN`; attributes `USED_ATTRIBUTE`,
+  `EXCLUDED_ATTRIBUTE` and (cross-check) `WITHOUT_SENSITIVITY_ATTRIBUTE`;
+- ``<folder> shares chart``: its bar chart.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import vocabulary
+from . import mrml
+from .jobs import CancelCallback, check_cancel
+
+__all__ = ["COMPOSITION_ATTRIBUTE", "EXCLUDED_ATTRIBUTE", "MARGIN_COLUMN", "POSITIVE_SHARE_COLUMN", "USED_ATTRIBUTE",
+           "WITHOUT_SENSITIVITY_ATTRIBUTE", "ExplainOutputs", "ExplainResult", "add_color_legends",
+           "composition_array", "explanation_outputs", "find_explanation", "publish_explanation",
+           "publish_segmentation", "set_table_counts"]
+
+#: Attribute of the composition volume: the comma-separated sequence names of its components.
+COMPOSITION_ATTRIBUTE = "LRPSegmentation.CompositionSequences"
+#: Attributes of the shares table: region voxels used / excluded by the normalization.
+USED_ATTRIBUTE = "LRPSegmentation.VoxelsUsed"
+EXCLUDED_ATTRIBUTE = "LRPSegmentation.VoxelsExcluded"
+#: With the cross-check: the table column of each sequence's kept decision margin, and the table
+#: attribute naming the sequences whose relevance the decision does not back (comma-separated).
+MARGIN_COLUMN = "decision margin kept"
+WITHOUT_SENSITIVITY_ATTRIBUTE = "LRPSegmentation.RelevanceWithoutSensitivity"
+POSITIVE_SHARE_COLUMN = "positive share"
+#: Node reference roles of the composition volume (saved in the .mrml).
+RELEVANCE_REFERENCE = "LRPSegmentation.Relevance"
+TABLE_REFERENCE = "LRPSegmentation.SharesTable"
+CHART_REFERENCE = "LRPSegmentation.SharesChart"
+#: Class of the colour legend display node (desktop Slicer; absent in a bare slicer-core scene).
+COLOR_LEGEND_NODE_CLASS = "vtkMRMLColorLegendDisplayNode"
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation
+# --------------------------------------------------------------------------------------------
+
+
+def publish_segmentation(scene: Any, labels: np.ndarray, reference_node: Any, package: Any,
+                         name: str | None = None, folder_item_id: int | None = None) -> Any:
+    """The (D, H, W) label map as a segmentation node (one segment per class) on the reference grid,
+    named ``<reference> LRP segmentation`` in a folder of its own (unless ``folder_item_id``)."""
+    class_names = list(package.class_names)
+    colors = getattr(package, "class_colors", None) or vocabulary.default_class_colors(len(class_names))
+    colors = [tuple(color) for color in colors]
+    name = name or f"{reference_node.GetName()} LRP segmentation"
+    own_folder = folder_item_id is None
+    if own_folder:
+        folder_item_id = mrml.create_output_folder(scene, name, reference_node)
+    try:
+        return mrml.add_segmentation_from_labels(scene, labels, class_names, colors, reference_node, name,
+                                                 folder_item_id)
+    except BaseException:
+        if own_folder:
+            mrml.remove_output_folder(scene, folder_item_id)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Explanation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExplainResult:
+    """An explanation of region A as numpy arrays on the reference grid (what `publish_explanation`
+    writes; the worker thread returns it).
+
+    Attributes:
+        relevance: float32 (C, D, H, W), M_A.
+        composition: float32 (C, D, H, W), per-voxel sequence shares (0 where excluded).
+        shares: (C,) share of M_A per sequence (signed; sums to 1).
+        positive_shares: (C,) share of the positive part of M_A.
+        n_used / n_excluded: region voxels used / excluded by the normalization.
+        sequence_names: the C names.
+        region_name: region A's name (the default output folder is ``LRP <region_name>``).
+        diagnostics: the engine's conservation checks.
+        margin_retained: (C,) with the cross-check: the fraction of A's decision margin kept when
+            the sequence is replaced by its mean; else None.
+        without_sensitivity: with the cross-check, the sequence indices whose relevance the decision
+            does not back (``evaluation.relevance_without_sensitivity``); else None.
+    """
+
+    relevance: np.ndarray
+    composition: np.ndarray
+    shares: np.ndarray
+    positive_shares: np.ndarray
+    n_used: int
+    n_excluded: int
+    sequence_names: list[str]
+    region_name: str = "region A"
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    margin_retained: np.ndarray | None = None
+    without_sensitivity: list[int] | None = None
+
+    @classmethod
+    def from_explanation(cls, explanation: Any, composition: Any, sequence_names: Sequence[str],
+                         region_name: str = "region A", margin_retained: np.ndarray | None = None,
+                         without_sensitivity: Sequence[int] | None = None) -> "ExplainResult":
+        """From an ``engine.RegionExplanation`` (tensors) and a (C, D, H, W) composition map."""
+        def numpy(values: Any, dtype: type) -> np.ndarray:
+            values = values.detach().cpu().numpy() if hasattr(values, "detach") else values
+            return np.asarray(values, dtype=dtype)
+
+        return cls(relevance=numpy(explanation.relevance, np.float32), composition=numpy(composition, np.float32),
+                   shares=numpy(explanation.sequence_shares, np.float64),
+                   positive_shares=numpy(explanation.positive_shares, np.float64),
+                   n_used=int(explanation.n_used), n_excluded=int(explanation.n_excluded),
+                   sequence_names=[str(name) for name in sequence_names], region_name=region_name,
+                   diagnostics=dict(explanation.diagnostics), margin_retained=margin_retained,
+                   without_sensitivity=None if without_sensitivity is None else list(without_sensitivity))
+
+
+@dataclass
+class ExplainOutputs:
+    """The nodes of one published explanation, all inside ``folder_item_id``."""
+
+    folder_item_id: int
+    relevance_nodes: list[Any]
+    composition_node: Any
+    table_node: Any
+    chart_node: Any
+    shares: np.ndarray
+    sequence_names: list[str]
+    n_used: int
+    n_excluded: int
+    caution: str = ""  # with the cross-check: sequences whose relevance the decision does not back
+
+
+def publish_explanation(scene: Any, result: ExplainResult, reference_node: Any, folder_name: str | None = None,
+                        cancel: CancelCallback | None = None, show: bool = True) -> ExplainOutputs:
+    """Create the explanation's folder and nodes (see the module docstring) beside the reference.
+
+    Args:
+        folder_name: default ``LRP <region name>``; every node name starts with it.
+        cancel: checked between the nodes.
+        show: put the first relevance map over the reference in the slice views, with a colour legend.
+
+    On ``Cancelled`` or any error, the folder and everything in it (and the colour table, if this
+    call created it) are removed before the exception propagates.
+    """
+    names = list(result.sequence_names)
+    folder_name = folder_name or f"LRP {result.region_name}"
+    color_table_existed = scene.GetFirstNode(mrml.DIVERGING_COLOR_TABLE_NAME, "vtkMRMLColorTableNode") is not None
+    folder = mrml.create_output_folder(scene, folder_name, reference_node)
+    try:
+        check_cancel(cancel)
+        relevance_nodes = mrml.add_relevance_volumes(
+            scene, result.relevance, [f"{folder_name} relevance {name}" for name in names], reference_node, folder)
+        check_cancel(cancel)
+        composition_node = _add_composition_volume(scene, result.composition, names, reference_node,
+                                                   f"{folder_name} sequence composition", folder)
+        check_cancel(cancel)
+        table = _add_shares_table(scene, result, f"{folder_name} shares", folder)
+        chart = mrml.create_shares_bar_chart(scene, table, f"{folder_name} shares chart", folder)
+        for node in relevance_nodes:
+            composition_node.AddNodeReferenceID(RELEVANCE_REFERENCE, node.GetID())
+        composition_node.SetNodeReferenceID(TABLE_REFERENCE, table.GetID())
+        composition_node.SetNodeReferenceID(CHART_REFERENCE, chart.GetID())
+        check_cancel(cancel)
+        if show and relevance_nodes:
+            mrml.set_foreground_overlay(scene, reference_node, relevance_nodes[0], 0.5)
+            add_color_legends(relevance_nodes, "Relevance")
+    except BaseException:
+        mrml.remove_output_folder(scene, folder)
+        if not color_table_existed:
+            mrml.remove_nodes(scene, [scene.GetFirstNode(mrml.DIVERGING_COLOR_TABLE_NAME, "vtkMRMLColorTableNode")])
+        raise
+    return ExplainOutputs(folder, relevance_nodes, composition_node, table, chart, np.asarray(result.shares), names,
+                          result.n_used, result.n_excluded, _caution(table, result.region_name))
+
+
+def _add_shares_table(scene: Any, result: ExplainResult, name: str, folder_item_id: int) -> Any:
+    extra_columns = {POSITIVE_SHARE_COLUMN: result.positive_shares}
+    if result.margin_retained is not None:
+        extra_columns[MARGIN_COLUMN] = result.margin_retained
+    table = mrml.update_shares_table(None, scene, result.sequence_names, result.shares, extra_columns=extra_columns,
+                                     table_name=name, folder_item_id=folder_item_id)
+    set_table_counts(table, result.n_used, result.n_excluded)
+    if result.without_sensitivity is not None:
+        flagged = [result.sequence_names[c] for c in result.without_sensitivity]
+        table.SetAttribute(WITHOUT_SENSITIVITY_ATTRIBUTE, ",".join(flagged))
+    return table
+
+
+def _caution(table_node: Any, region_name: str) -> str:
+    """The distractor caution the table's `WITHOUT_SENSITIVITY_ATTRIBUTE` calls for ("" if none)."""
+    flagged = table_node.GetAttribute(WITHOUT_SENSITIVITY_ATTRIBUTE)
+    return vocabulary.distractor_caution(flagged.split(",") if flagged else [], region_name)
+
+
+def _add_composition_volume(scene: Any, composition: np.ndarray, names: Sequence[str], reference_node: Any,
+                            name: str, folder_item_id: int) -> Any:
+    """The (C, D, H, W) composition as a C-component vector volume on the reference grid."""
+    from slicer.util import updateVolumeFromArray
+
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", name)
+    try:
+        node.CopyOrientation(reference_node)
+        node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
+        updateVolumeFromArray(node, np.ascontiguousarray(np.moveaxis(composition.astype(np.float32), 0, -1)))
+        node.SetAttribute(COMPOSITION_ATTRIBUTE, ",".join(names))
+        # A vector volume's default (archetype) writer takes 1 or 3 components only: with a NRRD storage
+        # node the composition is saved with the scene (File > Save, `scene.save_slicer_scene`).
+        node.SetAndObserveStorageNodeID(scene.AddNewNodeByClass("vtkMRMLNRRDStorageNode").GetID())
+        mrml.move_into_folder(scene, [node], folder_item_id)
+    except BaseException:
+        mrml.remove_nodes(scene, [node])
+        raise
+    return node
+
+
+def composition_array(composition_node: Any) -> np.ndarray:
+    """The stored composition as float32 (C, D, H, W)."""
+    from slicer.util import arrayFromVolume
+
+    array = np.asarray(arrayFromVolume(composition_node), dtype=np.float32)
+    if array.ndim == 3:
+        array = array[..., None]
+    return np.ascontiguousarray(np.moveaxis(array, -1, 0))
+
+
+def set_table_counts(table_node: Any, n_used: int, n_excluded: int) -> None:
+    """Store the region's used / excluded voxel counts on the shares table."""
+    table_node.SetAttribute(USED_ATTRIBUTE, str(int(n_used)))
+    table_node.SetAttribute(EXCLUDED_ATTRIBUTE, str(int(n_excluded)))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a published explanation back (e.g. from a loaded scene)
+# --------------------------------------------------------------------------------------------
+
+
+def explanation_outputs(composition_node: Any) -> ExplainOutputs:
+    """The `ExplainOutputs` of a published composition volume, from its attributes and references.
+
+    Raises:
+        ValueError: not a composition volume of this module, or its table is gone.
+    """
+    stored = composition_node.GetAttribute(COMPOSITION_ATTRIBUTE) if composition_node is not None else None
+    if not stored:
+        raise ValueError("not an LRP sequence-composition volume: run Explain")
+    table = composition_node.GetNodeReference(TABLE_REFERENCE)
+    if table is None:
+        raise ValueError(f"the shares table of '{composition_node.GetName()}' is gone: run Explain again")
+    names = stored.split(",")
+    shares = np.array([table.GetTable().GetColumnByName(mrml.SHARE_COLUMN).GetValue(row)
+                       for row in range(table.GetNumberOfRows())], dtype=np.float64)
+    relevance = [composition_node.GetNthNodeReference(RELEVANCE_REFERENCE, index)
+                 for index in range(composition_node.GetNumberOfNodeReferences(RELEVANCE_REFERENCE))]
+    scene = composition_node.GetScene()
+    subject_hierarchy = scene.GetSubjectHierarchyNode()
+    folder = subject_hierarchy.GetItemParent(subject_hierarchy.GetItemByDataNode(composition_node))
+    region_name = subject_hierarchy.GetItemName(folder).removeprefix("LRP ") if folder else "region A"
+    return ExplainOutputs(folder, relevance, composition_node, table, composition_node.GetNodeReference(CHART_REFERENCE),
+                          shares, names, int(table.GetAttribute(USED_ATTRIBUTE) or 0),
+                          int(table.GetAttribute(EXCLUDED_ATTRIBUTE) or 0), _caution(table, region_name))
+
+
+def find_explanation(scene: Any) -> ExplainOutputs | None:
+    """The most recently added published explanation in ``scene`` (e.g. a loaded .mrml), or None."""
+    class_name = "vtkMRMLVectorVolumeNode"
+    nodes = [scene.GetNthNodeByClass(index, class_name) for index in range(scene.GetNumberOfNodesByClass(class_name))]
+    for node in reversed(nodes):
+        if node.GetAttribute(COMPOSITION_ATTRIBUTE) and node.GetNodeReference(TABLE_REFERENCE) is not None:
+            return explanation_outputs(node)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Colour legend
+# --------------------------------------------------------------------------------------------
+
+
+def add_color_legends(nodes: Sequence[Any], title: str = "Relevance") -> list[Any]:
+    """A colour legend (colour bar) for each displayable node, where the application supports it.
+
+    Uses the Colors module logic's ``AddDefaultColorLegendDisplayNode`` (desktop Slicer), else the
+    static ``vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode`` when the scene knows the legend
+    node class; otherwise (e.g. a bare slicer-core scene) nothing happens. Never raises: a legend is
+    a convenience, the outputs must be published without it. The legend nodes are display nodes of
+    ``nodes``, so removing a node (``mrml.remove_nodes``) removes its legend too.
+
+    Returns:
+        The legend display nodes created (or already present); empty when unsupported.
+    """
+    import logging
+
+    import slicer
+
+    colors = getattr(getattr(slicer, "modules", None), "colors", None)
+    try:
+        color_logic = colors.logic() if colors is not None else None
+    except Exception:  # noqa: BLE001 - no Colors module: try the static call below
+        color_logic = None
+    add = getattr(color_logic, "AddDefaultColorLegendDisplayNode", None)
+    legends = []
+    for node in nodes:
+        if node is None or node.GetScene() is None:
+            continue
+        adder = add
+        if adder is None:
+            slicer_color_logic = getattr(slicer, "vtkSlicerColorLogic", None)
+            if slicer_color_logic is None or not node.GetScene().IsNodeClassRegistered(COLOR_LEGEND_NODE_CLASS):
+                continue
+            adder = getattr(slicer_color_logic, "AddDefaultColorLegendDisplayNode", None)
+            if adder is None:
+                continue
+        try:
+            legend = adder(node)
+        except Exception:  # noqa: BLE001 - skip silently, see the docstring
+            logging.debug("could not add a colour legend to %s", node.GetName(), exc_info=True)
+            continue
+        if legend is None:
+            continue
+        if hasattr(legend, "SetTitleText"):
+            legend.SetTitleText(title)
+        if hasattr(legend, "SetLabelFormat"):
+            legend.SetLabelFormat("%.2g")  # relevance values are small: "%.1f" would show 0.0 everywhere
+        legends.append(legend)
+    return legends
