@@ -65,7 +65,7 @@ def test_a_process_that_wrote_a_slicer_scene_exits_0(tmp_path):
         "import sys\n"
         "from LRPSegmentationLib import demo, pipeline\n"
         "from LRPSegmentationLib.models.package import load_package\n"
-        "from LRPSegmentationLib.scene import save_slicer_scene\n"
+        "from LRPSegmentationLib.slicer.scene import save_slicer_scene\n"
         "package = load_package(demo.DEMO_MODEL)\n"
         "result = pipeline.explain_case(demo.phantom_case(9001, (16, 48, 48)), package.build(), package, device='cpu')\n"
         "print(save_slicer_scene(result, sys.argv[1], package))\n")

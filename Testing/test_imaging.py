@@ -11,17 +11,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from LRPSegmentationLib.normalization import foreground_mask, normalize, normalize_sequences, validate_normalization
 from LRPSegmentationLib.imaging import (
     Geometry,
     find_case_files,
-    foreground_mask,
-    normalize,
-    normalize_sequences,
     overlap_fraction,
     read_image,
     read_sequences,
     resample_to_reference,
-    validate_normalization,
     write_image,
     write_label,
 )

@@ -16,8 +16,8 @@ import SimpleITK as sitk
 import torch
 
 from LRPSegmentationLib import cli, pipeline
-from LRPSegmentationLib.imaging import (Geometry, foreground_mask, grid_with_spacing, normalize, normalize_sequences,
-                                        read_image, read_sequences)
+from LRPSegmentationLib.imaging import Geometry, grid_with_spacing, read_image, read_sequences
+from LRPSegmentationLib.normalization import foreground_mask, normalize, normalize_sequences
 from LRPSegmentationLib.models import UNet3D, create_package
 
 SEQUENCES = ["T2", "T1"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from LRPSegmentationLib import phantom, training
-from LRPSegmentationLib.imaging import foreground_mask
+from LRPSegmentationLib.normalization import foreground_mask
 from LRPSegmentationLib.models import load_package
 
 MODELS = Path(__file__).resolve().parents[1] / "LRPSegmentation" / "Resources" / "Models"

@@ -21,10 +21,10 @@ import numpy as np
 
 from . import evaluation, outputs, phantom, pipeline
 from .imaging import Geometry
+from .inference import Inferer
 from .models.package import load_package
+from .vocabulary import DEMO_MODEL, distractor_caution
 
-#: The bundled demo model package.
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "demo_unet3d.lrpmodel"
 #: Phantom seed of the demo case (training uses 1000+, validation 5000+; 9000+ are never used).
 DEMO_SEED = 9001
 
@@ -67,8 +67,7 @@ def report(result: pipeline.CaseResult, dice: float, ablation: evaluation.Ablati
         flagged = (evaluation.relevance_without_sensitivity(result.explanations[region].positive_shares,
                                                             ablation.margin_retained) if region else [])
         if flagged:
-            lines.append(f"caution ({region}): {', '.join(names[c] for c in flagged)} get relevance although the "
-                         f"decision keeps >= 95 % of its margin without them (distractor relevance, README)")
+            lines.append(distractor_caution([names[c] for c in flagged], region))
     return "\n".join(lines)
 
 
@@ -119,25 +118,19 @@ def _run(args: argparse.Namespace, folder: Path) -> str:
 
         def progress(message: str) -> None:
             bar.set_postfix_str(message)
-            if message.startswith("computing") or message.startswith("explaining region predicted"):
+            if message.startswith("computing") or message.startswith("explaining"):
                 bar.update()
 
-        result = pipeline.explain_case(case, model, package, regions="predicted", composite=args.composite,
-                                       device=args.device, progress=progress)
+        # the predicted tumour and its true/false positive/negative parts, from one forward pass
+        result = pipeline.explain_case(case, model, package, regions=["predicted", "tp", "fn", "fp"],
+                                       composite=args.composite, device=args.device, progress=progress)
         truth = case.reference_label.astype(bool)
-        for mode in ("tp", "fn", "fp"):
-            for name, region in pipeline.select_regions(mode, result.labels, result.target.index,
-                                                        case.reference_label).items():
-                progress(f"explaining region {name}")
-                result.regions[name] = region
-                result.explanations[name] = pipeline.explain_region_of(result, model, package, region,
-                                                                       device=args.device)
         bar.update()
         pipeline.write_case_files(result, folder, package)
         bar.update()
         if not args.no_scene:
             try:
-                from .scene import save_slicer_scene
+                from .slicer.scene import save_slicer_scene
                 save_slicer_scene(result, folder, package)
             except ImportError as error:
                 print(f"note: no 3D Slicer scene written ({error}); install slicer-core to get one",
@@ -145,8 +138,8 @@ def _run(args: argparse.Namespace, folder: Path) -> str:
         bar.update()
     finally:
         bar.close()
-    ablation = evaluation.sequence_ablation(model, pipeline.network_input(case, package), truth,
-                                            target=result.target.index, device=args.device)
+    ablation = Inferer.for_package(model, package, args.device).ablation(pipeline.network_input(case, package), truth,
+                                                                         result.target)
     text = report(result, evaluation.dice(result.labels == result.target.index, truth), ablation)
     outputs.write_text(folder / "report.txt", text + "\n")
     lesion_table = phantom.CONTRAST_TABLE

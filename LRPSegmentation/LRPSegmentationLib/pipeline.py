@@ -13,7 +13,7 @@ except `load_case` and `write_case_outputs`/`write_case_files`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +24,16 @@ import torch
 from torch import nn
 
 from . import outputs
-from .engine import (DEFAULT_TOLERANCE, RegionExplanation, Target, explain_region, region_shares, sequence_composition,
-                     sliding_explain_region, sliding_sequence_composition, sliding_window_logits)
-from .imaging import Geometry, find_case_files, normalize_sequences, read_image, read_sequences, resample_to_reference
+from .engine import RegionExplanation, Target, region_shares
+from .inference import Inferer
+from .regions import choose_regions
+from .imaging import Geometry, find_case_files, read_image, read_sequences, resample_to_reference
+from .normalization import normalize_sequences
 from .models.package import ModelPackage
 
 PathLike = str | os.PathLike
 Progress = Callable[[str], None]
 
-#: How region A can be chosen.
-REGION_MODES = ("predicted", "tp", "fn", "fp", "lesions", "mask")
 
 
 @dataclass
@@ -156,160 +156,18 @@ def network_input(case: Case, package: ModelPackage) -> torch.Tensor:
     return torch.from_numpy(normalized)[None]
 
 
-def _fits_one_patch(shape, patch) -> bool:
-    return all(s <= p for s, p in zip(shape, patch))
-
-
-def pad_for_model(x: torch.Tensor, package: ModelPackage) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """Edge-pad (1, C, D, H, W) so the network can run on it: axes shorter than the patch are
-    padded to the patch size (sliding windows need a full patch), and a volume that fits one patch
-    is padded to a multiple of the network's size divisor (e.g. 2**depth). Returns the padded input
-    and the spatial slices that crop outputs back to the original grid."""
-    shape = tuple(x.shape[2:])
-    divisor = package.size_divisor or 1
-    if _fits_one_patch(shape, package.patch_size):
-        target = tuple(-(-n // divisor) * divisor for n in shape)
-    else:
-        target = tuple(max(n, p) for n, p in zip(shape, package.patch_size))
-    crop = tuple(slice(0, n) for n in shape)
-    if target == shape:
-        return x, crop
-    pad = []
-    for n, t in reversed(list(zip(shape, target))):
-        pad += [0, t - n]
-    return torch.nn.functional.pad(x, pad, mode="replicate"), crop
-
-
-def _uses_sliding(x: torch.Tensor, package: ModelPackage) -> bool:
-    """Whole-volume inference when the (padded) volume fits one patch; sliding windows otherwise."""
-    return not _fits_one_patch(x.shape[2:], package.patch_size)
-
-
 def predict(model: nn.Module, x: torch.Tensor, package: ModelPackage, device: str | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (K, D, H, W) float32 and labels (D, H, W) uint8 (argmax) on x's grid."""
-    padded, crop = pad_for_model(x, package)
-    if _uses_sliding(padded, package):
-        logits = sliding_window_logits(model, padded, package.patch_size, package.overlap, device=device)
-    else:
-        from .engine import check_logits, resolve_device
-        dev = resolve_device(device)
-        original = next(model.parameters()).device
-        try:
-            with torch.no_grad():
-                logits = model.to(dev)(padded.to(dev))
-                logits = check_logits((logits[0] if isinstance(logits, (tuple, list)) else logits).cpu())
-        finally:
-            model.to(original)
-    logits = logits[(0, slice(None)) + crop].float().numpy()
+    """Logits (K, D, H, W) float32 and labels (D, H, W) uint8 (argmax) of a normalized input on its
+    own grid (`inference.Inferer`: padded, whole volume or sliding windows, cropped back)."""
+    logits = Inferer.for_package(model, package, device).logits(x)
     return logits, logits.argmax(0).astype(np.uint8)
-
-
-def explain_input(model: nn.Module, x: torch.Tensor, package: ModelPackage, region: np.ndarray,
-                  target: Target, composite: str | None = None, device: str | None = None,
-                  tolerance: float = DEFAULT_TOLERANCE) -> RegionExplanation:
-    """Exact region explanation of a normalized input (1, C, D, H, W) on its own grid, padded for
-    the network and cropped back (whole volume or sliding windows, as `predict` does).
-
-    Relevance that falls on padding is cropped away; its share of the total is reported as
-    ``diagnostics["relevance_in_padding"]`` and the shares are those of the cropped map.
-    """
-    padded, crop = pad_for_model(x, package)
-    lrp_composite = package.lrp_composite(composite)  # with the package's box bounds
-    full_region = np.zeros(padded.shape[2:], dtype=bool)
-    full_region[crop] = np.asarray(region, dtype=bool)
-    if _uses_sliding(padded, package):
-        result = sliding_explain_region(model, padded, full_region, target, lrp_composite,
-                                        patch_size=package.patch_size, overlap=package.overlap, device=device,
-                                        tolerance=tolerance)
-    else:
-        result = explain_region(model, padded, full_region, target, lrp_composite, device=device,
-                                tolerance=tolerance)
-    if padded.shape == x.shape:
-        return result
-    relevance = result.relevance[(slice(None),) + crop].contiguous()
-    total, kept = result.relevance.sum(), relevance.sum()
-    positive = relevance.clamp(min=0).flatten(1).sum(1)
-    result.diagnostics["relevance_in_padding"] = float((total - kept) / total) if total != 0 else 0.0
-    result.relevance = relevance
-    result.sequence_shares = relevance.flatten(1).sum(1) / kept if kept != 0 else torch.zeros_like(positive)
-    result.positive_shares = positive / positive.sum() if positive.sum() > 0 else positive
-    result.excluded = result.excluded[crop]
-    return result
-
-
-def ablation_input(model: nn.Module, x: torch.Tensor, package: ModelPackage, region: np.ndarray,
-                   target: Target, device: str | None = None):
-    """The cross-check of an explanation (``evaluation.sequence_ablation`` on a normalized input on
-    its own grid, padded and windowed as `predict` does): per sequence, the fraction of region A's
-    decision margin (over A's voxels predicted as the target class) kept when the sequence is
-    replaced by its mean. Dice inside it is measured against A itself."""
-    from . import evaluation
-
-    padded, crop = pad_for_model(x, package)
-    full_region = np.zeros(padded.shape[2:], dtype=bool)
-    full_region[crop] = np.asarray(region, dtype=bool)
-    window = package.patch_size if _uses_sliding(padded, package) else None
-    return evaluation.sequence_ablation(model, padded, full_region, target=target.index, device=device,
-                                        window=window, overlap=package.overlap, margin_region=full_region)
-
-
-def composition_input(model: nn.Module, x: torch.Tensor, package: ModelPackage, target: Target,
-                      composite: str | None = None, device: str | None = None,
-                      tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
-    """The sequence-composition map (C, D, H, W) of a normalized input on its own grid."""
-    padded, crop = pad_for_model(x, package)
-    lrp_composite = package.lrp_composite(composite)
-    if _uses_sliding(padded, package):
-        composition = sliding_sequence_composition(model, padded, target, lrp_composite,
-                                                   patch_size=package.patch_size, overlap=package.overlap,
-                                                   device=device, tolerance=tolerance)
-    else:
-        composition = sequence_composition(model, padded, target, lrp_composite, device=device, tolerance=tolerance)
-    return composition[(slice(None),) + crop].numpy()
-
-
-def connected_lesions(mask: np.ndarray, min_voxels: int = 1) -> list[np.ndarray]:
-    """Connected components (26-connectivity) of a mask, largest first."""
-    image = sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8))
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(image, True), minimumObjectSize=min_voxels)
-    labels = sitk.GetArrayFromImage(components)
-    return [labels == k for k in range(1, int(labels.max()) + 1)]
-
-
-def select_regions(mode: str, labels: np.ndarray, target_class: int, reference_label: np.ndarray | None = None,
-                   mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Region(s) A on the output grid, by name.
-
-    Modes: ``predicted`` (the predicted target class), ``tp``/``fn``/``fp`` (against the reference
-    label's target class), ``lesions`` (each connected predicted lesion: ``lesion-1``, ...),
-    ``mask`` (a given mask). Empty regions are left out (the caller reports them).
-    """
-    if mode not in REGION_MODES:
-        raise ValueError(f"unknown region mode {mode!r}; choose one of {', '.join(REGION_MODES)}")
-    predicted = labels == target_class
-    if mode in ("tp", "fn", "fp"):
-        if reference_label is None:
-            raise ValueError(f"region mode {mode!r} needs a reference label (ground truth)")
-        truth = reference_label == target_class
-        region = {"tp": predicted & truth, "fn": truth & ~predicted, "fp": predicted & ~truth}[mode]
-        return {mode: region} if region.any() else {}
-    if mode == "lesions":
-        return {f"lesion-{i + 1}": lesion for i, lesion in enumerate(connected_lesions(predicted))}
-    if mode == "mask":
-        if mask is None:
-            raise ValueError("region mode 'mask' needs a mask")
-        mask = np.asarray(mask).astype(bool)
-        if mask.shape != labels.shape:
-            raise ValueError(f"the region mask has shape {mask.shape}, the case grid is {labels.shape}")
-        return {"mask": mask} if mask.any() else {}
-    return {"predicted": predicted} if predicted.any() else {}
 
 
 @dataclass
 class CaseResult:
     """Everything computed for one case: the prediction, the composition map and one explanation
-    per region (all on the reference grid)."""
+    per region (all on the case grid); why requested regions were empty; how often the network ran."""
 
     case: Case
     logits: np.ndarray
@@ -319,6 +177,8 @@ class CaseResult:
     explanations: dict[str, RegionExplanation] = field(default_factory=dict)
     target: Target | None = None
     composite: str = ""
+    empty: list[str] = field(default_factory=list)
+    forward_passes: int = 0
 
     def shares_rows(self) -> list[dict[str, Any]]:
         """One row per (region, sequence): the cohort table's rows for this case."""
@@ -332,40 +192,69 @@ class CaseResult:
         return rows
 
 
-def explain_case(case: Case, model: nn.Module, package: ModelPackage, regions: str | Mapping[str, np.ndarray] = "predicted",
+def case_target(package: ModelPackage, target: int | Target | None = None, contrast: bool = False) -> Target:
+    """The explained `Target`: a class index (default: the last class, e.g. "tumour") or a `Target`."""
+    if isinstance(target, Target):
+        return target
+    index = len(package.class_names) - 1 if target is None else int(target)
+    if not 0 <= index < len(package.class_names):
+        raise ValueError(f"target class {index} is out of range: the model's classes are "
+                         + ", ".join(f"{k}={n}" for k, n in enumerate(package.class_names)))
+    return Target(index, contrast=contrast)
+
+
+def explain_case(case: Case, model: nn.Module, package: ModelPackage,
+                 regions: str | Sequence[str] | Mapping[str, np.ndarray] = "predicted",
                  target: int | Target | None = None, composite: str | None = None, device: str | None = None,
-                 progress: Progress | None = None) -> CaseResult:
-    """Predict, pick the region(s), and explain each one exactly; also the composition map.
+                 mask: np.ndarray | None = None, progress: Progress | None = None, require_region: bool = True,
+                 region_hints: Mapping[str, str] | None = None) -> CaseResult:
+    """A case through the whole explanation, from ONE traced forward pass (the network runs once per
+    window): the prediction, the region(s) chosen from it, the composition map, and every region's
+    exact explanation (all regions batched through one LRP pass).
 
     Args:
-        regions: a region mode (see `select_regions`) or a name → (D, H, W) mask mapping.
+        case: the sequences on the case grid (`load_case`).
+        regions: a region mode or several (see `regions.select_regions`: "predicted", "tp", ...), or
+            a name → (D, H, W) mask mapping on the case grid.
         target: class index or `Target`; default: the last class (e.g. "tumour").
         composite: default: the package's.
+        mask: the mask of region mode "mask".
+        require_region: with True, a request whose regions are all empty raises ValueError naming
+            why (before any LRP pass); with False the result holds only the prediction and the
+            composition map. Empty regions are always listed in ``CaseResult.empty``.
+        region_hints: how the front end's user supplies a missing reference label / mask (added to
+            the error message, see `regions.choose_regions`).
+
+    Raises:
+        ValueError: a region mode's input is missing, or (``require_region``) every region is empty.
     """
     say = progress or (lambda _msg: None)
-    target = Target(len(package.class_names) - 1) if target is None else target
-    target = target if isinstance(target, Target) else Target(int(target))
+    target = case_target(package, target)
     composite = composite or package.composite
     x = network_input(case, package)
-    say("segmenting")
-    logits, labels = predict(model, x, package, device)
-    if isinstance(regions, str):
-        regions = select_regions(regions, labels, target.index, case.reference_label)
-    say("computing the sequence-composition map")
-    composition = composition_input(model, x, package, target, composite, device)
-    result = CaseResult(case, logits, labels, composition, target=target, composite=composite)
-    for name, region in regions.items():
-        say(f"explaining region {name} ({int(np.sum(region))} voxels)")
-        result.regions[name] = np.asarray(region, dtype=bool)
-        result.explanations[name] = explain_region_of(result, model, package, region, device=device)
-    return result
-
-
-def explain_region_of(result: CaseResult, model: nn.Module, package: ModelPackage, region: np.ndarray,
-                      device: str | None = None) -> RegionExplanation:
-    """Explain one more region of an already predicted case (same target and composite)."""
-    return explain_input(model, network_input(result.case, package), package, region, result.target,
-                         result.composite, device)
+    inferer = Inferer.for_package(model, package, device)
+    with inferer.trace(x, package.lrp_composite(composite)) as forward:
+        say("segmenting")
+        logits = forward.logits
+        labels = logits.argmax(0).astype(np.uint8)
+        if isinstance(regions, Mapping):
+            chosen = {name: np.asarray(region, dtype=bool) for name, region in regions.items()}
+            empty = [f"region '{name}' is empty" for name, region in chosen.items() if not region.any()]
+            chosen = {name: region for name, region in chosen.items() if region.any()}
+        else:
+            modes = [regions] if isinstance(regions, str) else list(regions)
+            chosen, empty = choose_regions(modes, labels, target.index, case.reference_label, mask,
+                                           package.class_names[target.index], region_hints)
+        if not chosen and require_region:
+            raise ValueError("; ".join(empty) or "no region to explain")
+        say("computing the sequence-composition map")
+        composition = forward.composition(target)
+        explanations = {}
+        if chosen:
+            say(f"explaining {len(chosen)} region(s): {', '.join(chosen)}")
+            explanations = forward.explain(chosen, target)
+        passes = forward.forward_passes
+    return CaseResult(case, logits, labels, composition, chosen, explanations, target, composite, empty, passes)
 
 
 #: Written last into a case's output folder; marks a folder that `write_case_outputs` may replace.

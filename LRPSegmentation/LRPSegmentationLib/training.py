@@ -12,7 +12,7 @@ identical weights.
 
 Input pipeline (:func:`preprocess`): each sequence is z-scored with the statistics of its own
 foreground (Otsu) mask — :data:`DEMO_NORMALIZATION`, applied with
-:func:`LRPSegmentationLib.imaging.normalize_sequences`, the same call the pipeline uses — and the
+:func:`LRPSegmentationLib.normalization.normalize_sequences`, the same call the pipeline uses — and the
 six are stacked in :data:`~LRPSegmentationLib.phantom.SEQUENCES` order into (1, 6, D, H, W).
 
 Training: random (D, 64, 64) patches of whole (32, 96, 96) phantom volumes (half of them
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from . import phantom
 from .evaluation import dice  # noqa: F401  (part of this module's API)
-from .imaging import normalize_sequences
+from .normalization import normalize_sequences
 from .models import ModelPackage, UNet3D, create_package
 
 __all__ = [
@@ -74,7 +74,7 @@ __all__ = [
 
 DEMO_NORMALIZATION: dict[str, Any] = {"type": "zscore", "mask": "foreground"}
 """Per-sequence normalization of the demo model's input: z-score with the mean and standard
-deviation inside the sequence's Otsu foreground mask (see ``imaging.validate_normalization``)."""
+deviation inside the sequence's Otsu foreground mask (see ``normalization.validate_normalization``)."""
 
 CLASS_NAMES: tuple[str, ...] = ("background", "tumour")
 """Output channels of the demo model."""
