@@ -3,7 +3,6 @@ written to disk, with a tiny random model package. Regions are given as masks / 
 reference label, so they do not depend on what the random network predicts."""
 import csv
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from LRPSegmentationLib import cli, phantom, pipeline
+from LRPSegmentationLib import cli, phantom, pipeline, vocabulary
 from LRPSegmentationLib.models import UNet3D, create_package
 
 SHAPE = (8, 16, 16)  # a (16, 32, 32) phantom binned 2×2×2: cheap on two shared CPU cores
@@ -86,7 +85,7 @@ def test_help(capfd):
     for command in ("predict", "explain", "cohort", "evaluate"):
         assert cli.main([command, "--help"]) == 0
         assert "--model" in capfd.readouterr().out
-    assert set(cli.REGION_MODES) == set(pipeline.REGION_MODES)
+    assert cli.REGION_MODES is vocabulary.REGION_MODES  # one definition
     # usage errors are one line too
     assert cli.main(["explain", "--model", "x", "--case", "y", "--output", "z", "--region", "nope"]) == 2
     err = capfd.readouterr().err
@@ -208,24 +207,6 @@ def test_user_errors(data, capfd, tmp_path):
     code, _, err = run(capfd, "cohort", "--model", model, "--cases", tmp_path / "cases.csv", "--output", out)
     assert_one_line_error(code, err, "no column for sequence(s) ['T1-15min']", "unknown column(s) ['T1-15mn']")
     assert not out.exists()  # nothing was written by any refused command
-
-
-def test_run_case_is_picklable_and_reports_empty_regions(data, tmp_path):
-    """The per-case function of every executor, in-process: an empty region is a finished case
-    with a note (no rows), and a second call skips it."""
-    empty = sitk.ReadImage(str(data["case"] / "mask.nrrd")) * 0
-    sitk.WriteImage(empty, str(tmp_path / "empty.nrrd"))
-    spec = cli.CaseSpec(name="case 1", folder=str(data["case"]), mask=str(tmp_path / "empty.nrrd"))
-    settings = cli.CohortSettings(model=data["model"], output=str(tmp_path / "out"), regions=("mask",))
-    assert pickle.loads(pickle.dumps((cli.run_case, spec, settings)))[1:] == (spec, settings)
-    status = cli.run_case(spec, settings)
-    assert status["status"] == "done", status
-    assert status["rows"] == [] and "region 'mask' is empty" in status["message"]
-    folder = tmp_path / "out" / "cases" / "case_1"
-    assert json.loads((folder / "done.json").read_text())["notes"] == [status["message"]]
-    assert (folder / "segmentation.nrrd").is_file()
-    assert [p.name for p in (tmp_path / "out" / "cases").iterdir()] == ["case_1"]  # no scratch left
-    assert cli.run_case(spec, settings)["status"] == "skipped"
 
 
 def _read_rows(path):

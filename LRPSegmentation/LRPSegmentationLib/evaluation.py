@@ -37,6 +37,7 @@ from torch import nn
 from .engine import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, Composite, Target, check_logits, check_region, compute_context,
                      explain_region, sliding_explain_region, sliding_window_logits)
 from .engine.region import as_target
+from .vocabulary import DISTRACTOR_MIN_RETAINED, DISTRACTOR_MIN_SHARE
 
 __all__ = [
     "FILL_MODES",
@@ -216,7 +217,7 @@ def uninformative_fill(x: torch.Tensor, channel: int, mask=None, mode: str = "me
         x: (1, C, D, H, W) or (C, D, H, W).
         channel: index of the sequence to replace.
         mask: (D, H, W) bool body/foreground mask for the statistics; ``None``: voxels above the
-            sequence's own Otsu threshold (``imaging.foreground_mask``), or the whole volume if
+            sequence's own Otsu threshold (``normalization.foreground_mask``), or the whole volume if
             that is empty.
         mode: one of :data:`FILL_MODES`.
         seed: random seed of ``"noise"``.
@@ -233,7 +234,7 @@ def uninformative_fill(x: torch.Tensor, channel: int, mask=None, mode: str = "me
     channel = _check_channel(channel, volume.shape[0])
     sequence = volume[channel].detach()
     if mask is None:
-        from .imaging import foreground_mask  # SimpleITK only when needed
+        from .normalization import foreground_mask  # SimpleITK only when needed
         values = sequence.cpu().double().numpy()
         mask = torch.from_numpy(foreground_mask(values)) if values.max() > values.min() else None
         if mask is None or not mask.any():
@@ -350,8 +351,8 @@ def sequence_ablation(model: nn.Module, x: torch.Tensor, region_truth, target: i
                           target=target, base_margin=mean_margin(base), ablated_margin=ablated_margin)
 
 
-def relevance_without_sensitivity(positive_shares, margin_retained, min_share: float = 0.1,
-                                  min_retained: float = 0.95) -> list[int]:
+def relevance_without_sensitivity(positive_shares, margin_retained, min_share: float = DISTRACTOR_MIN_SHARE,
+                                  min_retained: float = DISTRACTOR_MIN_RETAINED) -> list[int]:
     """Sequences whose relevance the decision does not back (distractor relevance).
 
     A sequence is listed when it gets at least ``min_share`` of the region's positive relevance

@@ -1,6 +1,7 @@
 """The seed's figures (matplotlib, PNG): the per-sequence relevance distribution bar chart, for
-one case or a cohort (one colour per patient, grouped by sequence), and pixel-level relevance
-panels of each sequence over a region (true positive, false negative, ...).
+one case or a cohort (one colour per patient, grouped by sequence), pixel-level relevance
+panels of each sequence over a region (true positive, false negative, ...), and the faithfulness
+figure of ``lrpseg evaluate`` (perturbation curves beside shares vs ablation).
 
 Relevance is shown with a diverging blue–white–red map, symmetric around zero and shared by all
 sequences of a figure, so the sequences compare.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -100,6 +102,44 @@ def plot_relevance_panels(images: np.ndarray, relevance: np.ndarray, region: np.
     bar = fig.colorbar(shown, cax=axes[1, -1])
     bar.set_label("relevance (per region voxel)", fontsize=8)
     fig.suptitle(f"{title}  (axial slice {slice_index})".strip(), fontsize=10)
+    return _save(fig, path)
+
+
+def plot_evaluation(path: PathLike, curves: Mapping[str, Any], sequence_names: Sequence[str], shares, drops,
+                    title: str, rho: float | None) -> Path:
+    """Faithfulness of one region's explanation: left, the region-perturbation curves (MoRF, LeRF,
+    random); right, each sequence's relevance share beside the Dice drop when it is ablated.
+
+    Args:
+        curves: order ("morf", "lerf", "random") → `evaluation.PerturbationCurve`.
+        shares: (C,) relevance shares; drops: (C,) Dice drops, both in ``sequence_names`` order.
+        rho: Spearman correlation of shares and drops, shown in the panel title (None: not shown).
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    styles = {"morf": ("tab:red", "MoRF"), "lerf": ("tab:blue", "LeRF"), "random": ("gray", "random")}
+    for order, curve in curves.items():
+        colour, label = styles[order]
+        left.plot(curve.fraction_removed, curve.scores, "-o", color=colour, markersize=3, label=label)
+    left.set_xlabel("fraction of (sequence, block) patches removed")
+    left.set_ylabel(f"mean target {next(iter(curves.values())).score} in the region")
+    left.set_title("region perturbation")
+    left.grid(alpha=0.3)
+    left.legend()
+    x = np.arange(len(sequence_names))
+    right.bar(x - 0.2, shares, 0.4, color="tab:purple", label="relevance share")
+    right.set_ylabel("relevance share")
+    right.set_xticks(x, sequence_names, rotation=30)
+    twin = right.twinx()
+    twin.bar(x + 0.2, drops, 0.4, color="tab:orange", label="Dice drop when ablated")
+    twin.set_ylabel("Dice drop when the sequence is ablated")
+    low, high = min(0.0, float(np.min(drops))), max(float(np.max(drops)), 0.0)
+    twin.set_ylim(low * 1.1 if low < 0 else 0.0, high * 1.1 if high > 0 else 0.05)
+    right.set_ylim(bottom=min(0.0, float(np.min(shares)) * 1.1))
+    handles = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    right.legend(handles, [h.get_label() for h in handles], fontsize=8)
+    right.set_title("sequence ablation" + (f" (Spearman ρ = {rho:.2f})" if rho is not None else ""))
+    fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)
 
 
