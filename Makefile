@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_explain.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUTPUT)
