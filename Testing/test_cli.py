@@ -325,3 +325,25 @@ def test_evaluate_writes_its_outputs(data, capfd, tmp_path):
     assert region["relevance_without_sensitivity"] == expected
     assert len(_read_rows(output / "perturbation_mask.csv")) == 4
     assert (output / "evaluation_mask.png").stat().st_size > 0
+
+
+def test_explain_with_several_regions_runs_the_network_once(data, capfd, tmp_path):
+    """`lrpseg explain --region mask tp fn fp` on a case that fits one patch: one network forward pass
+    on data (prediction, every region and the composition from it; shape probes on the meta device
+    do not count)."""
+    calls = []
+
+    def count(module, args, output):
+        if isinstance(module, UNet3D) and args[0].device.type != "meta":
+            calls.append(tuple(args[0].shape))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        code, out, err = run(capfd, "explain", "--model", data["model"], "--case", data["case"], "--region", "mask",
+                             "tp", "fn", "fp", "--mask", data["case"] / "mask.nrrd", "--device", "cpu",
+                             "--output", tmp_path / "out")
+    finally:
+        handle.remove()
+    assert code == 0, err
+    assert len(calls) == 1, calls
+    assert (tmp_path / "out" / "mask" / "shares.json").is_file()
