@@ -189,13 +189,13 @@ def _read_csv(source: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]
 
 def _csv_columns(source: Path, columns: Sequence[str], sequences: Sequence[str]) -> dict[str, str]:
     """"case", each sequence name, "reference_label" and "mask" → its column in the CSV."""
-    from .imaging import _sequence_key  # columns match sequences as case files do
+    from .imaging import sequence_key  # columns match sequences as case files do
 
-    by_key = {_sequence_key(s): s for s in sequences}
+    by_key = {sequence_key(s): s for s in sequences}
     column_of: dict[str, str] = {}
     unknown = []
     for column in columns:
-        key = _sequence_key(column)
+        key = sequence_key(column)
         if key in ("case", "reference_label", "mask"):
             column_of[key] = column
         elif key == "label":

@@ -41,6 +41,8 @@ from .normalization import check_finite, check_intensities
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "image_extension",
+    "sequence_key",
     "Geometry",
     "find_case_files",
     "grid_with_spacing",
@@ -61,7 +63,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha"
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def _image_extension(path: Path) -> str | None:
+def image_extension(path: Path) -> str | None:
     """The supported image extension ``path`` ends with (lower case), or None."""
     name = path.name.lower()
     for extension in IMAGE_EXTENSIONS:
@@ -402,7 +404,7 @@ def read_image(path: PathLike, series_id: str | None = None) -> sitk.Image:
         raise FileNotFoundError(f"image not found: {path}")
     if path.is_dir():
         return _check_volume(_read_dicom_folder(path, series_id), path)
-    if _image_extension(path) is None:
+    if image_extension(path) is None:
         hint = " (for DICOM pass the folder holding the series)" if path.suffix.lower() in (
             ".dcm", ".ima", "") else ""
         raise ValueError(f"{path}: unsupported file type{hint}; supported: "
@@ -411,7 +413,7 @@ def read_image(path: PathLike, series_id: str | None = None) -> sitk.Image:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise ValueError(f"{path}: cannot read image: {_itk_reason(error)}") from error
-    if _image_extension(path) in (".nii", ".nii.gz"):
+    if image_extension(path) in (".nii", ".nii.gz"):
         _check_nifti_data(path)
     image = _check_volume(image, path)
     check_finite(sitk.GetArrayViewFromImage(image), str(path))
@@ -595,7 +597,7 @@ def read_sequences(sequences: Mapping[str, PathLike | sitk.Image], reference: st
 def _prepare_output(path: PathLike, overwrite: bool) -> Path:
     """Validate the extension and the overwrite rule; create the parent folders."""
     path = Path(path)
-    if _image_extension(path) is None:
+    if image_extension(path) is None:
         raise ValueError(f"{path}: cannot tell the file format; use one of "
                          f"{', '.join(IMAGE_EXTENSIONS)}")
     if path.is_dir():
@@ -665,7 +667,7 @@ def write_label(labels: np.ndarray, geometry: Geometry, path: PathLike,
 # Finding a case's files
 # --------------------------------------------------------------------------------------------
 
-def _sequence_key(name: str) -> str:
+def sequence_key(name: str) -> str:
     """Comparison key for sequence names: lower case, runs of '-', '_', ' ' → one '_'."""
     return re.sub(r"[-_\s]+", "_", name.strip().lower())
 
@@ -698,7 +700,7 @@ def find_case_files(folder: PathLike, sequence_names: Sequence[str]) -> dict[str
         raise ValueError(f"{folder} is not a folder")
     if not sequence_names:
         raise ValueError("no sequence names given")
-    keys = [_sequence_key(name) for name in sequence_names]
+    keys = [sequence_key(name) for name in sequence_names]
     if len(set(keys)) != len(keys):
         raise ValueError(f"sequence names {list(sequence_names)} are not distinct once case, "
                          f"'-', '_' and spaces are ignored")
@@ -710,11 +712,11 @@ def find_case_files(folder: PathLike, sequence_names: Sequence[str]) -> dict[str
         if entry.is_dir():
             stem = entry.name
         else:
-            extension = _image_extension(entry)
+            extension = image_extension(entry)
             if extension is None:
                 continue
             stem = entry.name[: -len(extension)]
-        candidates.setdefault(_sequence_key(stem), []).append(entry)
+        candidates.setdefault(sequence_key(stem), []).append(entry)
 
     found: dict[str, Path] = {}
     missing, ambiguous = [], []

@@ -41,12 +41,12 @@ def one_line(error: BaseException | str) -> str:
 
 def find_optional_file(folder: Path, stems: Sequence[str]) -> Path | None:
     """The image file in ``folder`` named like one of ``stems`` (compared like sequence names), if any."""
-    from .imaging import _image_extension, _sequence_key  # how `imaging.find_case_files` matches names
+    from .imaging import image_extension, sequence_key  # as `imaging.find_case_files` matches names
 
-    keys = {_sequence_key(s) for s in stems}
+    keys = {sequence_key(s) for s in stems}
     matches = [p for p in sorted(Path(folder).iterdir()) if p.is_file() and not p.name.startswith(".")
-               and (extension := _image_extension(p)) is not None
-               and _sequence_key(p.name[: -len(extension)]) in keys]
+               and (extension := image_extension(p)) is not None
+               and sequence_key(p.name[: -len(extension)]) in keys]
     if len(matches) > 1:
         raise UserError(f"{folder}: several candidate files {[m.name for m in matches]} for one of {list(stems)}")
     return matches[0] if matches else None
@@ -68,15 +68,15 @@ def load_model(path: str | os.PathLike, build: bool = True):
 def parse_sequence_args(items: Sequence[str], expected: Sequence[str]) -> dict[str, str]:
     """``NAME=PATH`` arguments → {name: path} in the package's order when the names match it
     (names compare like file names: case and '-'/'_'/space differences ignored)."""
-    from .imaging import _sequence_key
+    from .imaging import sequence_key
 
-    by_key = {_sequence_key(s): s for s in expected}
+    by_key = {sequence_key(s): s for s in expected}
     given: dict[str, str] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise UserError(f"--sequence expects NAME=PATH, got {item!r}")
-        name = by_key.get(_sequence_key(name), name.strip())
+        name = by_key.get(sequence_key(name), name.strip())
         if name in given:
             raise UserError(f"sequence {name!r} is given more than once")
         given[name] = path.strip()
