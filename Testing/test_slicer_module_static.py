@@ -4,8 +4,12 @@
 - LRPSegmentation.py byte-compiles and imports no torch at module level;
 - the module CMakeLists lists every .py under LRPSegmentationLib (walked, so a new file that is
   not listed fails here) and every file it lists exists;
-- the .ui parses as XML and its SlicerParameterName bindings name parameter-node fields;
-- the top-level CMakeLists and the Extensions Index catalog entry carry the required fields.
+- the .ui parses as XML, its SlicerParameterName bindings name parameter-node fields, and each bound
+  widget has the type the parameter node wrapper can connect (Slicer's guiConnectors.py);
+- Browse selects a .lrpmodel folder (a directory dialog), the help link points at a README section;
+- the top-level CMakeLists and the Extensions Index catalog entry carry the required fields, the
+  catalog entry is formatted as the index's prettier config writes it, the LICENSE is there and
+  every icon / screenshot URL names a file of the repository.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ LIB_DIR = MODULE_DIR / "LRPSegmentationLib"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 TOP_CMAKE = ROOT / "CMakeLists.txt"
 CATALOG = ROOT / "LRPSegmentation.json"
+LICENSE = ROOT / "LICENSE"
+README = ROOT / "README.md"
 
 
 def ui_widgets() -> dict[str, ElementTree.Element]:
@@ -66,16 +72,22 @@ def test_module_byte_compiles(tmp_path):
     py_compile.compile(str(MODULE_PY), cfile=str(tmp_path / "LRPSegmentation.pyc"), doraise=True)
 
 
+#: What LRPSegmentation.py may import from the library at Slicer's start-up: standard library only.
+START_UP_IMPORTS = {"LRPSegmentationLib.vocabulary", "LRPSegmentationLib.slicer.module_logic"}
+
+
 def test_module_imports_no_torch_at_import_time():
     """torch comes from the PyTorch extension on Apply, never at import; of the library, the module
-    imports only the vocabulary (standard library) at import time."""
+    imports only standard-library modules at import time (the vocabulary, the Logic's base class)."""
     for node in module_tree().body:
         if isinstance(node, ast.Import):
             assert not any(alias.name.split(".")[0] in {"torch", "LRPSegmentationLib"} for alias in node.names)
         if isinstance(node, ast.ImportFrom):
             module = node.module or ""
             assert module.split(".")[0] != "torch"
-            assert module.split(".")[0] != "LRPSegmentationLib" or module == "LRPSegmentationLib.vocabulary"
+            assert module.split(".")[0] != "LRPSegmentationLib" or module in START_UP_IMPORTS
+    loaded = _modules_loaded_by("import " + ", ".join(sorted(START_UP_IMPORTS)))
+    assert not loaded & {"numpy", "torch", "vtk", "slicer", "SimpleITK"}, loaded
 
 
 def _modules_loaded_by(statement: str) -> set[str]:
@@ -129,6 +141,45 @@ def test_every_ui_widget_the_module_uses_exists_in_the_ui_file():
     assert not missing, f"LRPSegmentation.py uses widgets missing from the .ui file: {missing}"
 
 
+def _class_constant(class_name: str, constant: str):
+    cls = next(node for node in module_tree().body if isinstance(node, ast.ClassDef) and node.name == class_name)
+    return next(ast.literal_eval(node.value) for node in cls.body
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == constant for t in node.targets))
+
+
+def test_the_inputs_locked_while_a_job_runs_are_widgets_of_the_ui_file():
+    locked = _class_constant("LRPSegmentationWidget", "INPUT_WIDGETS")
+    assert set(locked) <= set(ui_widgets()), set(locked) - set(ui_widgets())
+    for name in ("modelPathLineEdit", "inputsFrame", "referenceVolumeSelector", "regionSegmentSelector",
+                 "targetClassComboBox", "compositeComboBox", "deviceComboBox"):
+        assert name in locked
+    # The buttons that run or cancel a job are managed by updateButtonStates, not locked.
+    assert not {"segmentButton", "explainButton"} & set(locked)
+
+
+def test_browse_selects_a_model_package_folder():
+    """ctkPathLineEdit::browse() opens QFileDialog::getExistingDirectory when Files is not among its
+    filters (CTK Libs/Widgets/ctkPathLineEdit.cpp): a .lrpmodel package is a folder."""
+    filters = ui_widgets()["modelPathLineEdit"].find("property[@name='filters']/set").text.split("|")
+    assert "ctkPathLineEdit::Dirs" in filters and "ctkPathLineEdit::Files" not in filters
+
+
+def test_the_help_link_points_at_the_readme_section_of_the_extension_homepage():
+    source = MODULE_PY.read_text(encoding="utf-8")
+    assert "getDefaultModuleDocumentationLink" not in source  # Slicer's own docs have no page for the module
+    url = next(ast.literal_eval(node.value) for node in module_tree().body if isinstance(node, ast.Assign)
+               and any(getattr(target, "id", "") == "HELP_URL" for target in node.targets))
+    homepage = cmake_set(TOP_CMAKE.read_text(encoding="utf-8"), "EXTENSION_HOMEPAGE")
+    assert url.split("#")[0] == homepage.split("#")[0]
+
+    def github_anchor(heading: str) -> str:
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    anchors = {github_anchor(line.lstrip("#")) for line in README.read_text(encoding="utf-8").splitlines()
+               if line.startswith("#")}
+    assert url.split("#")[1] in anchors
+
+
 # ------------------------------------------------------------------------------------ .ui file
 
 
@@ -142,11 +193,44 @@ def test_ui_file_parses_and_has_a_qmrmlwidget_root():
     assert used_custom <= declared, f"custom widgets not declared: {used_custom - declared}"
 
 
-def test_ui_parameter_bindings_name_parameter_node_fields():
-    tree = module_tree()
-    wrapper = next(node for node in tree.body
+def parameter_fields() -> dict[str, str]:
+    """Field name -> its annotation as written, of the module's parameter node wrapper."""
+    wrapper = next(node for node in module_tree().body
                    if isinstance(node, ast.ClassDef) and node.name == "LRPSegmentationParameterNode")
-    fields = {node.target.id for node in wrapper.body if isinstance(node, ast.AnnAssign)}
+    return {node.target.id: ast.unparse(node.annotation) for node in wrapper.body if isinstance(node, ast.AnnAssign)}
+
+
+#: Widget class -> what Slicer's parameterNodeWrapper connects it to (guiConnectors.py): a plain type,
+#: or a type that must carry a validator (a QComboBox needs Choice; a ctkSliderWidget a bounded range).
+CONNECTABLE = {"QCheckBox": ("bool",), "qMRMLNodeComboBox": ("vtkMRML",), "QComboBox": ("Choice(",),
+               "ctkSliderWidget": ("float", "WithinRange("), "ctkPathLineEdit": ("pathlib.Path",)}
+
+
+def test_bound_widgets_have_a_connector_for_their_parameter_type():
+    fields = parameter_fields()
+    for name, widget in ui_widgets().items():
+        bound = widget.find("property[@name='SlicerParameterName']/string")
+        if bound is None:
+            continue
+        annotation = fields[bound.text]
+        assert all(part in annotation for part in CONNECTABLE[widget.get("class")]), (name, annotation)
+    assert fields["modelPath"] == "pathlib.Path"  # the model follows the scene (Close Scene, scene load)
+
+
+def test_form_layout_rows_are_unique():
+    """Two items in one row of a QFormLayout overlap: Qt Designer never writes that, a hand edit can."""
+    for layout in ElementTree.parse(UI_FILE).getroot().iter("layout"):
+        if layout.get("class") != "QFormLayout":
+            continue
+        cells = []
+        for item in layout.findall("item"):
+            span = range(2) if item.get("colspan") == "2" else [int(item.get("column"))]
+            cells += [(int(item.get("row")), column) for column in span]
+        assert len(cells) == len(set(cells)), layout.get("name")
+
+
+def test_ui_parameter_bindings_name_parameter_node_fields():
+    fields = set(parameter_fields())
     bound = {}
     for name, widget in ui_widgets().items():
         for prop in widget.findall("property"):
@@ -155,6 +239,9 @@ def test_ui_parameter_bindings_name_parameter_node_fields():
     assert bound, "no widget is bound to the parameter node"
     assert set(bound.values()) <= fields, f"bindings to unknown parameters: {set(bound.values()) - fields}"
     assert bound.get("referenceVolumeSelector") == "referenceVolume"
+    for widget, field in (("compositeComboBox", "composite"), ("overlayOpacitySliderWidget", "overlayOpacity"),
+                          ("replacePreviousCheckBox", "replacePrevious")):
+        assert bound.get(widget) == field
 
 
 # ------------------------------------------------------------------------------------ CMake
@@ -222,6 +309,40 @@ def test_catalog_entry_has_the_required_keys():
     assert entry["build_dependencies"] == ["PyTorch"]
     assert entry["build_subdirectory"] == "."
     assert entry["enabled"] is True
+
+
+def test_catalog_entry_is_formatted_as_the_index_prettier_config_writes_it():
+    """ExtensionsIndex's .prettierrc.js: prettier-plugin-multiline-arrays with multilineArraysWrapThreshold
+    0, so every non-empty array has one element per line; 2-space indent, a final newline."""
+    text = CATALOG.read_text(encoding="utf-8")
+    assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n"
+    assert not re.search(r"\[[^\]\n]+\]", text), "an array on one line"
+
+
+def test_the_license_is_apache_2_0():
+    text = LICENSE.read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+def _repository_file(url: str) -> Path:
+    """The repository file a raw.githubusercontent.com URL of the extension's main branch names."""
+    match = re.match(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+)$", url)
+    assert match, url
+    return ROOT / match.group(1)
+
+
+def test_the_icon_and_every_screenshot_url_name_png_files_of_the_repository():
+    text = TOP_CMAKE.read_text(encoding="utf-8")
+    urls = [cmake_set(text, "EXTENSION_ICONURL"), *cmake_set(text, "EXTENSION_SCREENSHOTURLS").split()]
+    assert len(urls) >= 2
+    for url in urls:
+        path = _repository_file(url)
+        assert path.is_file(), f"{url} names {path}, which does not exist"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    screenshot = _repository_file(cmake_set(text, "EXTENSION_SCREENSHOTURLS").split()[0]).read_bytes()
+    width, height = int.from_bytes(screenshot[16:20], "big"), int.from_bytes(screenshot[20:24], "big")
+    assert width >= 800 and height >= 400  # a real screenshot, not a placeholder
 
 
 def test_no_qt_and_no_module_level_torch_in_the_slicer_wing():

@@ -1,16 +1,16 @@
-"""Long work off Slicer's main thread: a background job the module polls, cancellation, progress.
+"""How a long computation reports progress and ends: the job the module polls, cancellation, errors.
 
-Pure Python (threading): no MRML, no Qt, no torch. The module starts a `BackgroundJob` and polls it
-from a QTimer; the job's function gets ``progress(fraction, message)`` and ``cancel()`` callables and
-checks them between steps with `check_cancel` / `report`.
+Pure Python: no MRML, no Qt, no torch. The module starts a `Job` (a `worker_client.WorkerJob`: the
+computation runs in a separate process) and polls it from a QTimer; the computation itself gets
+``progress(fraction, message)`` and ``cancel()`` callables and checks them between steps with
+`check_cancel` / `report` (in-process runs: ``logic.segment`` / ``logic.explain``).
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["BackgroundJob", "CancelCallback", "Cancelled", "GPUMemoryError", "ProgressCallback", "check_cancel",
+__all__ = ["CancelCallback", "Cancelled", "GPUMemoryError", "Job", "ProgressCallback", "WorkerError", "check_cancel",
            "gpu_memory_error", "report"]
 
 #: Receives (fraction in 0..1, message).
@@ -25,6 +25,16 @@ class Cancelled(RuntimeError):
 
 class GPUMemoryError(RuntimeError):
     """The GPU ran out of memory; the message says what to try instead."""
+
+
+class WorkerError(RuntimeError):
+    """The computation process failed: it stopped unexpectedly (``kind`` "crashed"), could not start
+    ("start"), or refused a request ("unknown_case", "unknown_model", "bad_request", "internal").
+    Slicer's own process and the scene are never affected."""
+
+    def __init__(self, message: str, kind: str = "crashed") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def gpu_memory_error(error: Exception) -> GPUMemoryError:
@@ -45,58 +55,27 @@ def report(progress: ProgressCallback | None, fraction: float, message: str) -> 
         progress(float(fraction), message)
 
 
-class BackgroundJob:
-    """Run ``function(progress=..., cancel=...)`` in a daemon thread.
+class Job(Protocol):
+    """What the module's QTimer polls (main thread only).
 
-    The function must not touch MRML or Qt. The main thread polls ``done``, ``fraction`` and
-    ``message`` (e.g. from a QTimer), calls ``cancel()`` to request a stop, and on completion
-    reads ``result()`` (which re-raises the worker's exception, ``Cancelled`` included).
+    ``start()`` once; then ``done``, ``fraction`` (0..1) and ``message`` tell the progress;
+    ``cancel()`` stops the computation (``cancelled()`` says whether it was asked to);
+    ``wait(timeout)`` blocks until done (True) or the timeout (False); once done, ``result()``
+    returns the value or raises the computation's error (`Cancelled`, `WorkerError`, ...).
     """
 
-    def __init__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self._function, self._args, self._kwargs = function, args, kwargs
-        self._cancel_requested = threading.Event()
-        self._finished = threading.Event()
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self.fraction = 0.0
-        self.message = ""
-        self._thread = threading.Thread(target=self._run, name="LRPSegmentation worker", daemon=True)
+    fraction: float
+    message: str
 
-    def start(self) -> "BackgroundJob":
-        self._thread.start()
-        return self
-
-    def _progress(self, fraction: float, message: str) -> None:
-        self.fraction, self.message = float(fraction), str(message)
-
-    def _run(self) -> None:
-        try:
-            self._result = self._function(*self._args, progress=self._progress, cancel=self.cancelled,
-                                          **self._kwargs)
-        except BaseException as error:  # handed to the main thread by result()
-            self._error = error
-        finally:
-            self._finished.set()
-
-    def cancel(self) -> None:
-        """Ask the worker to stop at its next check."""
-        self._cancel_requested.set()
-
-    def cancelled(self) -> bool:
-        return self._cancel_requested.is_set()
+    def start(self) -> "Job": ...
 
     @property
-    def done(self) -> bool:
-        return self._finished.is_set()
+    def done(self) -> bool: ...
 
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._finished.wait(timeout)
+    def cancel(self) -> None: ...
 
-    def result(self) -> Any:
-        """The function's return value; raises its exception. Only once ``done``."""
-        if not self.done:
-            raise RuntimeError("the background job is still running")
-        if self._error is not None:
-            raise self._error
-        return self._result
+    def cancelled(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+    def result(self) -> Any: ...

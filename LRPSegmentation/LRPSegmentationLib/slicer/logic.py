@@ -4,8 +4,9 @@ Every long operation is split in three phases so the module can keep Slicer resp
 
 1. ``prepare_*`` (main thread, reads MRML): input volumes -> numpy arrays on the reference grid,
    normalized as the model package says; the painted segment -> a boolean mask.
-2. ``compute_*`` (any thread, numpy/torch only, never touches MRML or Qt): the network's
-   prediction, or the LRP region explanation plus the per-voxel sequence composition.
+2. ``compute.compute_*`` (numpy/torch only, never touches MRML or Qt; in the module they run in
+   the computation process, see `worker_client`): the network's prediction, or the LRP region
+   explanation plus the per-voxel sequence composition.
 3. ``publish.publish_*`` (main thread, writes MRML): the output nodes, in one subject-hierarchy
    folder beside the reference volume.
 
@@ -15,15 +16,14 @@ callable receives ``(fraction in 0..1, message)``. On cancellation (``jobs.Cance
 error, every node created so far is removed before the exception propagates. ``update_region``
 recomputes the shares of a repainted region A from the stored composition, without an LRP pass.
 
-The model is a `models.package.ModelPackage`; the computation is the shared `inference.Inferer`'s
-(the prediction; one traced forward pass for the explanation and the composition map), exactly
-what the CLI and the demo run. torch is imported only inside the ``compute_*`` functions and
-``update_region``. A GPU out-of-memory error becomes `jobs.GPUMemoryError`.
+The model is a `models.package.ModelPackage`; the computation is `compute`'s (the shared
+`inference.Inferer`: the prediction; one traced forward pass for the explanation and the
+composition map), exactly what the CLI and the demo run. torch is imported only inside
+`compute`'s functions and ``update_region``. A GPU out-of-memory error becomes `jobs.GPUMemoryError`.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,32 +31,16 @@ import numpy as np
 from ..imaging import Geometry, grid_with_spacing
 from ..normalization import normalize_sequences
 from . import mrml, publish
-from .jobs import CancelCallback, ProgressCallback, check_cancel, gpu_memory_error, report
+from .compute import ExplainRequest, InputStack, compute_explanation, compute_labels, load_model
+from .jobs import CancelCallback, ProgressCallback, check_cancel, report
 
-__all__ = ["ExplainRequest", "InputStack", "check_inputs", "check_reference_spacing", "compute_explanation",
-           "compute_labels", "explain", "find_volume_by_name", "load_model", "prepare_explain", "prepare_inputs",
-           "read_package_info", "region_mask", "segment", "update_region"]
+__all__ = ["check_inputs", "check_reference_spacing", "explain", "find_volume_by_name", "prepare_explain",
+           "prepare_inputs", "read_package_info", "region_mask", "segment", "update_region"]
 
 
 # --------------------------------------------------------------------------------------------
 # Inputs (main thread)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class InputStack:
-    """Normalized model input on the reference grid.
-
-    Attributes:
-        array: float32 (C, D, H, W), (D, H, W) = reference array shape, channels in the package's
-            sequence order.
-        sequence_names: the C names.
-        reference_shape: (D, H, W) of the reference volume.
-    """
-
-    array: np.ndarray
-    sequence_names: list[str]
-    reference_shape: tuple[int, int, int]
 
 
 def _sequence_names(package: Any) -> list[str]:
@@ -201,34 +185,6 @@ def find_volume_by_name(scene: Any, name: str | None, class_name: str = "vtkMRML
 # --------------------------------------------------------------------------------------------
 
 
-def load_model(package: Any) -> Any:
-    """``package.build()`` in eval mode (float32)."""
-    model = package.build()
-    return model.float().eval()
-
-
-def compute_labels(model: Any, inputs: InputStack, package: Any, device: str | None = "auto",
-                   cancel: CancelCallback | None = None, progress: ProgressCallback | None = None) -> np.ndarray:
-    """The network's label map (argmax over the logits) on the reference grid, uint8/int32 (D, H, W).
-
-    Pure torch: safe in a worker thread.
-    """
-    import torch
-
-    from ..inference import Inferer
-
-    check_cancel(cancel)
-    report(progress, 0.1, "Running the network")
-    x = torch.from_numpy(np.ascontiguousarray(inputs.array))[None]
-    try:
-        labels = Inferer.for_package(model, package, device).logits(x).argmax(0)
-    except torch.cuda.OutOfMemoryError as error:
-        raise gpu_memory_error(error) from None
-    check_cancel(cancel)
-    classes = len(getattr(package, "class_names", None) or [])
-    return labels.astype(np.uint8 if max(classes, int(labels.max(initial=0)) + 1) <= 256 else np.int32)
-
-
 def segment(scene: Any, input_nodes: Sequence[Any], reference_node: Any, package: Any, device: str | None = "auto",
             progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
             model: Any = None, name: str | None = None) -> Any:
@@ -254,74 +210,19 @@ def segment(scene: Any, input_nodes: Sequence[Any], reference_node: Any, package
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ExplainRequest:
-    """Everything the worker thread needs (numpy only)."""
-
-    inputs: InputStack
-    region: np.ndarray
-    target: Any
-    composite: str | None
-    device: str | None
-    region_name: str = "region A"
-    tolerance: float | None = None
-    cross_check: bool = False
-
-
 def prepare_explain(input_nodes: Sequence[Any], reference_node: Any, segmentation_node: Any, segment_id: str,
                     package: Any, target: Any, composite: str | None = None, device: str | None = "auto",
-                    tolerance: float | None = None, cross_check: bool = False) -> ExplainRequest:
-    """Main-thread part of ``explain``: read the inputs and region A (raises on missing/empty)."""
+                    tolerance: float | None = None, cross_check: bool = False, contrast: bool = False
+                    ) -> ExplainRequest:
+    """Main-thread part of ``explain``: read the inputs and region A (raises on missing/empty).
+    ``target``: a class index (with ``contrast`` for class vs rest; no torch needed) or an
+    ``engine.Target``."""
     inputs = prepare_inputs(input_nodes, reference_node, package)
     mask = region_mask(segmentation_node, segment_id, reference_node)
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     return ExplainRequest(inputs, mask, target, composite, device,
-                          segment.GetName() if segment is not None else str(segment_id), tolerance, cross_check)
-
-
-def compute_explanation(request: ExplainRequest, package: Any, model: Any = None,
-                        progress: ProgressCallback | None = None,
-                        cancel: CancelCallback | None = None) -> publish.ExplainResult:
-    """Worker-thread part of ``explain``: the LRP region explanation and the sequence composition
-    (and, with ``request.cross_check``, the kept decision margins and the sequences they flag).
-
-    Pure numpy/torch: never touches MRML or Qt.
-    """
-    import torch
-
-    from .. import evaluation
-    from ..engine import DEFAULT_TOLERANCE, Target
-    from ..engine.region import as_target
-    from ..inference import Inferer
-
-    check_cancel(cancel)
-    report(progress, 0.05, "Building the model")
-    model = model if model is not None else load_model(package)
-    x = torch.from_numpy(np.ascontiguousarray(request.inputs.array))[None]
-    target = request.target if isinstance(request.target, Target) else as_target(request.target)
-    tolerance = DEFAULT_TOLERANCE if request.tolerance is None else request.tolerance
-    check_cancel(cancel)
-    inferer = Inferer.for_package(model, package, request.device)
-    try:
-        # One traced forward pass for the region's explanation and the composition map.
-        with inferer.trace(x, package.lrp_composite(request.composite)) as forward:
-            report(progress, 0.15, f"LRP of {request.region_name}")
-            explanation = forward.explain({request.region_name: request.region}, target, tolerance)[request.region_name]
-            check_cancel(cancel)
-            report(progress, 0.55, "Sequence composition of every voxel")
-            composition = forward.composition(target, tolerance)
-        margin_retained = flagged = None
-        if request.cross_check:
-            check_cancel(cancel)
-            report(progress, 0.8, "Cross-check: each sequence replaced by its mean")
-            margin_retained = inferer.ablation(x, request.region, target, margin_region=request.region).margin_retained
-            flagged = evaluation.relevance_without_sensitivity(explanation.positive_shares, margin_retained)
-    except torch.cuda.OutOfMemoryError as error:
-        raise gpu_memory_error(error) from None
-    check_cancel(cancel)
-    report(progress, 0.9, "Collecting the results")
-    return publish.ExplainResult.from_explanation(explanation, composition, request.inputs.sequence_names,
-                                                  request.region_name, margin_retained, flagged)
+                          segment.GetName() if segment is not None else str(segment_id), tolerance, cross_check,
+                          contrast)
 
 
 def explain(scene: Any, input_nodes: Sequence[Any], reference_node: Any, segmentation_node: Any, segment_id: str,

@@ -68,10 +68,10 @@ def arrays_on_reference(
     """Stack the input volumes on the reference volume's voxel grid.
 
     Inputs already on the reference grid are copied as they are; the others are
-    resampled with Slicer's own ``vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume``
-    (trilinear, nearest neighbour for label maps, parent transforms applied; voxels
-    outside the input become 0). The output keeps each input's voxel type while
-    resampling, so integer MRI is rounded to integers before the float32 cast.
+    resampled by `resample_onto` (trilinear, nearest neighbour for label maps, the
+    parent transforms of the input AND of the reference applied; voxels outside the
+    input become 0). The output keeps each input's voxel type while resampling, so
+    integer MRI is rounded to integers before the float32 cast.
 
     Args:
         volume_nodes: C scalar volumes, one per MRI sequence; None = not selected.
@@ -105,15 +105,63 @@ def arrays_on_reference(
         if _same_grid(node, reference_node):
             stacked[channel] = arrayFromVolume(node)
             continue
-        resampled = slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(node, reference_node)
-        if resampled is None:
-            raise RuntimeError(f"Slicer could not resample sequence '{sequence_names[channel]}' onto the reference.")
-        try:
-            stacked[channel] = arrayFromVolume(resampled)
-        finally:
-            # The resampler adds its output (and a display node) to the scene.
-            remove_nodes(resampled.GetScene(), [resampled])
+        stacked[channel] = resample_onto(node, reference_node)
     return stacked
+
+
+def resample_onto(volume_node: slicer.vtkMRMLScalarVolumeNode,
+                  reference_node: slicer.vtkMRMLScalarVolumeNode) -> np.ndarray:
+    """The volume's voxels on the reference volume's grid, in world space: (D, H, W) of the reference.
+
+    The pipeline of ``vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume`` (the same
+    ``vtkImageReslice``, trilinear or nearest neighbour for label maps, the input's voxel type,
+    0 outside the input), with one difference: that function applies the *input's* inverse
+    parent transform where the reference's belongs, so a transform on the reference volume is
+    ignored (Slicer 5.10). Here the chain is input IJK -> RAS -> input's parent transform to
+    world -> reference's parent transform from world -> reference IJK, so a transformed
+    reference (e.g. after registration) gets its inputs where it shows them. Non-linear
+    transforms are applied too. Nothing is added to the scene.
+    """
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    _require_volume(volume_node, "volume")
+    _require_volume(reference_node, "reference volume")
+    chain = vtk.vtkGeneralTransform()
+    chain.PostMultiply()
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    chain.Concatenate(ijk_to_ras)
+    for node, to_world in ((volume_node, True), (reference_node, False)):
+        parent = node.GetParentTransformNode()
+        if parent is not None:
+            transform = vtk.vtkGeneralTransform()
+            if to_world:
+                parent.GetTransformToWorld(transform)
+            else:
+                parent.GetTransformFromWorld(transform)
+            chain.Concatenate(transform)
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    reference_node.GetRASToIJKMatrix(ras_to_ijk)
+    chain.Concatenate(ras_to_ijk)
+    chain.Inverse()  # vtkImageReslice maps output voxels to input voxels
+
+    reslice = vtk.vtkImageReslice()
+    reslice.SetInputData(volume_node.GetImageData())
+    reslice.SetOutputOrigin(0, 0, 0)
+    reslice.SetOutputSpacing(1, 1, 1)
+    columns, rows, slices = reference_node.GetImageData().GetDimensions()
+    reslice.SetOutputExtent(0, columns - 1, 0, rows - 1, 0, slices - 1)
+    linear = vtk.vtkTransform()
+    # vtkImageReslice is faster with a linear transform, as in Slicer's function.
+    linear_chain = slicer.vtkMRMLTransformNode.IsGeneralTransformLinear(chain, linear)
+    reslice.SetResliceTransform(linear if linear_chain else chain)
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        reslice.SetInterpolationModeToNearestNeighbor()
+    else:
+        reslice.SetInterpolationModeToLinear()
+    reslice.Update()
+    voxels = vtk_to_numpy(reslice.GetOutput().GetPointData().GetScalars())
+    return voxels.reshape(slices, rows, columns).copy()
 
 
 def volume_shape(volume_node: slicer.vtkMRMLVolumeNode) -> tuple[int, int, int]:

@@ -16,23 +16,29 @@ subject-hierarchy folder ``<folder>`` beside the reference volume:
   ``positive share`` and, with the cross-check, `MARGIN_COLUMN`; attributes `USED_ATTRIBUTE`,
   `EXCLUDED_ATTRIBUTE` and (cross-check) `WITHOUT_SENSITIVITY_ATTRIBUTE`;
 - ``<folder> shares chart``: its bar chart.
+
+The composition volume and the segmentation reference the reference volume (role
+`REFERENCE_REFERENCE`), so re-running Segment or Explain can find its previous outputs
+(`replaced_outputs`) and remove them (`remove_outputs`) instead of piling up folders.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import vocabulary
 from . import mrml
+from .compute import ExplainResult  # what the compute phase returns, written here
 from .jobs import CancelCallback, check_cancel
 
 __all__ = ["COMPOSITION_ATTRIBUTE", "EXCLUDED_ATTRIBUTE", "MARGIN_COLUMN", "POSITIVE_SHARE_COLUMN", "USED_ATTRIBUTE",
            "WITHOUT_SENSITIVITY_ATTRIBUTE", "ExplainOutputs", "ExplainResult", "add_color_legends",
-           "composition_array", "explanation_outputs", "find_explanation", "publish_explanation",
-           "publish_segmentation", "set_table_counts"]
+           "composition_array", "explanation_outputs", "find_explanation", "find_explanations",
+           "publish_explanation", "publish_segmentation", "relevance_order",
+           "remove_outputs", "replaced_outputs", "set_table_counts"]
 
 #: Attribute of the composition volume: the comma-separated sequence names of its components.
 COMPOSITION_ATTRIBUTE = "LRPSegmentation.CompositionSequences"
@@ -48,6 +54,10 @@ POSITIVE_SHARE_COLUMN = "positive share"
 RELEVANCE_REFERENCE = "LRPSegmentation.Relevance"
 TABLE_REFERENCE = "LRPSegmentation.SharesTable"
 CHART_REFERENCE = "LRPSegmentation.SharesChart"
+#: Node reference role of a published segmentation and composition volume: the reference volume.
+REFERENCE_REFERENCE = "LRPSegmentation.ReferenceVolume"
+#: Attribute of a published segmentation: the name of the model package that made it.
+SEGMENTATION_ATTRIBUTE = "LRPSegmentation.Model"
 #: Class of the colour legend display node (desktop Slicer; absent in a bare slicer-core scene).
 COLOR_LEGEND_NODE_CLASS = "vtkMRMLColorLegendDisplayNode"
 
@@ -69,8 +79,11 @@ def publish_segmentation(scene: Any, labels: np.ndarray, reference_node: Any, pa
     if own_folder:
         folder_item_id = mrml.create_output_folder(scene, name, reference_node)
     try:
-        return mrml.add_segmentation_from_labels(scene, labels, class_names, colors, reference_node, name,
+        node = mrml.add_segmentation_from_labels(scene, labels, class_names, colors, reference_node, name,
                                                  folder_item_id)
+        node.SetAttribute(SEGMENTATION_ATTRIBUTE, str(getattr(package, "name", "") or "model"))
+        node.SetNodeReferenceID(REFERENCE_REFERENCE, reference_node.GetID())
+        return node
     except BaseException:
         if own_folder:
             mrml.remove_output_folder(scene, folder_item_id)
@@ -80,56 +93,6 @@ def publish_segmentation(scene: Any, labels: np.ndarray, reference_node: Any, pa
 # --------------------------------------------------------------------------------------------
 # Explanation
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ExplainResult:
-    """An explanation of region A as numpy arrays on the reference grid (what `publish_explanation`
-    writes; the worker thread returns it).
-
-    Attributes:
-        relevance: float32 (C, D, H, W), M_A.
-        composition: float32 (C, D, H, W), per-voxel sequence shares (0 where excluded).
-        shares: (C,) share of M_A per sequence (signed; sums to 1).
-        positive_shares: (C,) share of the positive part of M_A.
-        n_used / n_excluded: region voxels used / excluded by the normalization.
-        sequence_names: the C names.
-        region_name: region A's name (the default output folder is ``LRP <region_name>``).
-        diagnostics: the engine's conservation checks.
-        margin_retained: (C,) with the cross-check: the fraction of A's decision margin kept when
-            the sequence is replaced by its mean; else None.
-        without_sensitivity: with the cross-check, the sequence indices whose relevance the decision
-            does not back (``evaluation.relevance_without_sensitivity``); else None.
-    """
-
-    relevance: np.ndarray
-    composition: np.ndarray
-    shares: np.ndarray
-    positive_shares: np.ndarray
-    n_used: int
-    n_excluded: int
-    sequence_names: list[str]
-    region_name: str = "region A"
-    diagnostics: dict[str, float] = field(default_factory=dict)
-    margin_retained: np.ndarray | None = None
-    without_sensitivity: list[int] | None = None
-
-    @classmethod
-    def from_explanation(cls, explanation: Any, composition: Any, sequence_names: Sequence[str],
-                         region_name: str = "region A", margin_retained: np.ndarray | None = None,
-                         without_sensitivity: Sequence[int] | None = None) -> "ExplainResult":
-        """From an ``engine.RegionExplanation`` (tensors) and a (C, D, H, W) composition map."""
-        def numpy(values: Any, dtype: type) -> np.ndarray:
-            values = values.detach().cpu().numpy() if hasattr(values, "detach") else values
-            return np.asarray(values, dtype=dtype)
-
-        return cls(relevance=numpy(explanation.relevance, np.float32), composition=numpy(composition, np.float32),
-                   shares=numpy(explanation.sequence_shares, np.float64),
-                   positive_shares=numpy(explanation.positive_shares, np.float64),
-                   n_used=int(explanation.n_used), n_excluded=int(explanation.n_excluded),
-                   sequence_names=[str(name) for name in sequence_names], region_name=region_name,
-                   diagnostics=dict(explanation.diagnostics), margin_retained=margin_retained,
-                   without_sensitivity=None if without_sensitivity is None else list(without_sensitivity))
 
 
 @dataclass
@@ -146,16 +109,19 @@ class ExplainOutputs:
     n_used: int
     n_excluded: int
     caution: str = ""  # with the cross-check: sequences whose relevance the decision does not back
+    positive_shares: np.ndarray | None = None  # (C,) share of the positive relevance, when known
 
 
 def publish_explanation(scene: Any, result: ExplainResult, reference_node: Any, folder_name: str | None = None,
-                        cancel: CancelCallback | None = None, show: bool = True) -> ExplainOutputs:
+                        cancel: CancelCallback | None = None, show: bool = True, opacity: float = 0.5
+                        ) -> ExplainOutputs:
     """Create the explanation's folder and nodes (see the module docstring) beside the reference.
 
     Args:
         folder_name: default ``LRP <region name>``; every node name starts with it.
         cancel: checked between the nodes.
-        show: put the first relevance map over the reference in the slice views, with a colour legend.
+        show: put the most relevant sequence's map (first in `relevance_order`) over the reference in the slice
+            views, at ``opacity``, with a colour legend.
 
     On ``Cancelled`` or any error, the folder and everything in it (and the colour table, if this
     call created it) are removed before the exception propagates.
@@ -178,9 +144,11 @@ def publish_explanation(scene: Any, result: ExplainResult, reference_node: Any, 
             composition_node.AddNodeReferenceID(RELEVANCE_REFERENCE, node.GetID())
         composition_node.SetNodeReferenceID(TABLE_REFERENCE, table.GetID())
         composition_node.SetNodeReferenceID(CHART_REFERENCE, chart.GetID())
+        composition_node.SetNodeReferenceID(REFERENCE_REFERENCE, reference_node.GetID())
         check_cancel(cancel)
         if show and relevance_nodes:
-            mrml.set_foreground_overlay(scene, reference_node, relevance_nodes[0], 0.5)
+            strongest = relevance_nodes[relevance_order(result.positive_shares)[0]]
+            mrml.set_foreground_overlay(scene, reference_node, strongest, opacity)
             add_color_legends(relevance_nodes, "Relevance")
     except BaseException:
         mrml.remove_output_folder(scene, folder)
@@ -188,7 +156,15 @@ def publish_explanation(scene: Any, result: ExplainResult, reference_node: Any, 
             mrml.remove_nodes(scene, [scene.GetFirstNode(mrml.DIVERGING_COLOR_TABLE_NAME, "vtkMRMLColorTableNode")])
         raise
     return ExplainOutputs(folder, relevance_nodes, composition_node, table, chart, np.asarray(result.shares), names,
-                          result.n_used, result.n_excluded, _caution(table, result.region_name))
+                          result.n_used, result.n_excluded, _caution(table, result.region_name),
+                          np.asarray(result.positive_shares, dtype=np.float64))
+
+
+def relevance_order(shares: Sequence[float]) -> list[int]:
+    """Sequence indices by decreasing share (ties keep their order): the maps are offered in this
+    order, the first is shown. Pass the positive shares where known."""
+    values = np.asarray(shares, dtype=np.float64)
+    return sorted(range(len(values)), key=lambda index: -values[index])
 
 
 def _add_shares_table(scene: Any, result: ExplainResult, name: str, folder_item_id: int) -> Any:
@@ -269,23 +245,93 @@ def explanation_outputs(composition_node: Any) -> ExplainOutputs:
                        for row in range(table.GetNumberOfRows())], dtype=np.float64)
     relevance = [composition_node.GetNthNodeReference(RELEVANCE_REFERENCE, index)
                  for index in range(composition_node.GetNumberOfNodeReferences(RELEVANCE_REFERENCE))]
-    scene = composition_node.GetScene()
-    subject_hierarchy = scene.GetSubjectHierarchyNode()
-    folder = subject_hierarchy.GetItemParent(subject_hierarchy.GetItemByDataNode(composition_node))
-    region_name = subject_hierarchy.GetItemName(folder).removeprefix("LRP ") if folder else "region A"
+    # A repainted region's table (`logic.update_region`) keeps only the signed shares.
+    positive_column = table.GetTable().GetColumnByName(POSITIVE_SHARE_COLUMN)
+    positive = (None if positive_column is None else
+                np.array([positive_column.GetValue(row) for row in range(table.GetNumberOfRows())], dtype=np.float64))
+    folder = _folder_of(composition_node)
+    folder_name = composition_node.GetScene().GetSubjectHierarchyNode().GetItemName(folder) if folder else ""
+    region_name = folder_name.removeprefix("LRP ") if folder else "region A"
     return ExplainOutputs(folder, relevance, composition_node, table, composition_node.GetNodeReference(CHART_REFERENCE),
                           shares, names, int(table.GetAttribute(USED_ATTRIBUTE) or 0),
-                          int(table.GetAttribute(EXCLUDED_ATTRIBUTE) or 0), _caution(table, region_name))
+                          int(table.GetAttribute(EXCLUDED_ATTRIBUTE) or 0), _caution(table, region_name), positive)
+
+
+def find_explanations(scene: Any) -> list[ExplainOutputs]:
+    """Every published explanation in ``scene`` (e.g. a loaded .mrml), oldest first."""
+    class_name = "vtkMRMLVectorVolumeNode"
+    nodes = [scene.GetNthNodeByClass(index, class_name) for index in range(scene.GetNumberOfNodesByClass(class_name))]
+    return [explanation_outputs(node) for node in nodes
+            if node.GetAttribute(COMPOSITION_ATTRIBUTE) and node.GetNodeReference(TABLE_REFERENCE) is not None]
 
 
 def find_explanation(scene: Any) -> ExplainOutputs | None:
-    """The most recently added published explanation in ``scene`` (e.g. a loaded .mrml), or None."""
-    class_name = "vtkMRMLVectorVolumeNode"
+    """The most recently added published explanation in ``scene``, or None."""
+    explanations = find_explanations(scene)
+    return explanations[-1] if explanations else None
+
+
+# --------------------------------------------------------------------------------------------
+# Replacing the outputs of an earlier run
+# --------------------------------------------------------------------------------------------
+
+
+def replaced_outputs(scene: Any, new: Any, keep: Sequence[Any] = ()) -> list[Any]:
+    """The earlier outputs that a newly published one supersedes (what "replace previous results" removes).
+
+    - ``new`` a segmentation node (`publish_segmentation`): the other segmentations published from
+      the same reference volume;
+    - ``new`` an `ExplainOutputs`: the other explanations of the same reference volume in a folder
+      of the same name (the same region explained again).
+
+    Nodes in ``keep`` (e.g. the segmentation region A is painted in) are never included, nor are
+    outputs of scenes saved before the reference volume was recorded: nothing of unknown origin.
+    """
+    kept = {node.GetID() for node in keep if node is not None}
+    if isinstance(new, ExplainOutputs):
+        subject_hierarchy = scene.GetSubjectHierarchyNode()
+        reference = new.composition_node.GetNodeReference(REFERENCE_REFERENCE)
+        name = subject_hierarchy.GetItemName(new.folder_item_id)
+        return [outputs for outputs in find_explanations(scene)
+                if outputs.composition_node is not new.composition_node and reference is not None
+                and outputs.composition_node.GetNodeReference(REFERENCE_REFERENCE) is reference
+                and subject_hierarchy.GetItemName(outputs.folder_item_id) == name
+                and outputs.composition_node.GetID() not in kept]
+    reference = new.GetNodeReference(REFERENCE_REFERENCE)
+    class_name = "vtkMRMLSegmentationNode"
     nodes = [scene.GetNthNodeByClass(index, class_name) for index in range(scene.GetNumberOfNodesByClass(class_name))]
-    for node in reversed(nodes):
-        if node.GetAttribute(COMPOSITION_ATTRIBUTE) and node.GetNodeReference(TABLE_REFERENCE) is not None:
-            return explanation_outputs(node)
-    return None
+    return [node for node in nodes if node is not new and reference is not None
+            and node.GetAttribute(SEGMENTATION_ATTRIBUTE) is not None
+            and node.GetNodeReference(REFERENCE_REFERENCE) is reference and node.GetID() not in kept]
+
+
+def remove_outputs(scene: Any, outputs: Sequence[Any]) -> None:
+    """Remove published outputs (segmentation nodes or `ExplainOutputs`) with their display and
+    storage nodes, and each one's folder once it is empty. Anything else a user put into such a
+    folder stays, and so does the shared colour table."""
+    subject_hierarchy = scene.GetSubjectHierarchyNode()
+    for item in outputs:
+        if isinstance(item, ExplainOutputs):
+            nodes = [*item.relevance_nodes, item.composition_node, item.table_node, item.chart_node]
+            if item.chart_node is not None:
+                nodes += [item.chart_node.GetNthPlotSeriesNode(index)
+                          for index in range(item.chart_node.GetNumberOfPlotSeriesNodes())]
+            folder = item.folder_item_id
+        elif item is not None and item.GetScene() is scene:
+            nodes, folder = [item], _folder_of(item)
+        else:  # already gone
+            continue
+        mrml.remove_nodes(scene, nodes)
+        empty = folder and subject_hierarchy.GetNumberOfItemChildren(folder) == 0
+        if empty and subject_hierarchy.GetItemLevel(folder) == "Folder":
+            subject_hierarchy.RemoveItem(folder, False, False)
+
+
+def _folder_of(node: Any) -> int:
+    """The subject-hierarchy parent item of a data node (0 if it has no item)."""
+    subject_hierarchy = node.GetScene().GetSubjectHierarchyNode()
+    item = subject_hierarchy.GetItemByDataNode(node)
+    return subject_hierarchy.GetItemParent(item) if item else 0
 
 
 # --------------------------------------------------------------------------------------------
