@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from LRPSegmentationLib.engine import explain_voxel
+from LRPSegmentationLib.engine import Graph, explain_voxel
 from LRPSegmentationLib.models import UNet3D
 
 
@@ -103,3 +103,31 @@ def per_voxel_reference(model, x, region, target, composite, tolerance=1e-3):
         total = m_a / s_a if total is None else total + m_a / s_a
         used += 1
     return total, used
+
+
+class BiasOnlyNet(nn.Module):
+    """Half of the (8, 8, 8) output grid is a constant (bias only): those voxels keep no relevance
+    (every one of them is excluded by the normalization)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv3d(3, 2, 1)
+
+    def forward(self, x):
+        mask = torch.zeros(1, 1, 8, 8, 8, dtype=x.dtype)
+        mask[..., :4] = 1.0
+        return self.head(x * mask)
+
+
+def count_graph_passes(monkeypatch) -> dict[str, int]:
+    """Count `Graph.relevance` (LRP) and `Graph.transpose` passes from now on (the returned dict
+    is updated in place)."""
+    calls = {"relevance": 0, "transpose": 0}
+    for name in calls:
+        original = getattr(Graph, name)
+
+        def counting(self, arg, _original=original, _name=name):
+            calls[_name] += 1
+            return _original(self, arg)
+        monkeypatch.setattr(Graph, name, counting)
+    return calls

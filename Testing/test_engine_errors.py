@@ -7,7 +7,7 @@ from torch import nn
 
 from LRPSegmentationLib.engine import (Target, UnsupportedOperationError, explain_region, explain_voxel,
                                        make_composite, region_shares, sequence_composition, trace)
-from lrp_models import seed_unet
+from lrp_models import BiasOnlyNet, seed_unet
 
 
 @pytest.fixture(scope="module")
@@ -134,19 +134,6 @@ def test_unsupported_operations_are_named(case):
 def test_trace_reproduces_the_model_output(case):
     model, x, _ = case
     assert torch.equal(trace(model, x).logits, model(x))
-
-
-class BiasOnlyNet(nn.Module):
-    """Half of the output grid is a constant (bias only): those voxels keep no relevance."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Conv3d(3, 2, 1)
-
-    def forward(self, x):
-        mask = torch.zeros(1, 1, 8, 8, 8, dtype=x.dtype)
-        mask[..., :4] = 1.0
-        return self.head(x * mask)
 
 
 def test_unnormalizable_voxels_are_counted_not_hidden(case):

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from LRPSegmentationLib.engine import (COMPOSITES, Graph, Target, explain_region, explain_voxel, region_shares,
+from LRPSegmentationLib.engine import (COMPOSITES, Target, explain_region, explain_voxel, region_shares,
                                        sequence_composition)
 from LRPSegmentationLib.models import UNet3D
-from lrp_models import ResidualNormNet, SliceDenseNet, per_voxel_reference, prepare, seed_unet
+from lrp_models import ResidualNormNet, SliceDenseNet, count_graph_passes, per_voxel_reference, prepare, seed_unet
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -86,14 +86,7 @@ def test_region_equals_per_voxel_loop_on_other_layer_types(net, composite):
 def test_cost_does_not_grow_with_region_size(unet_case, monkeypatch):
     """One transposed pass and one LRP pass, for a single voxel and for the whole grid."""
     model, x, _ = unet_case
-    calls = {"relevance": 0, "transpose": 0}
-    for name in calls:
-        original = getattr(Graph, name)
-
-        def counting(self, arg, _original=original, _name=name):
-            calls[_name] += 1
-            return _original(self, arg)
-        monkeypatch.setattr(Graph, name, counting)
+    calls = count_graph_passes(monkeypatch)
     for region in (torch.zeros(8, 8, 8, dtype=torch.bool).index_put_((torch.tensor([3]),) * 3, torch.tensor(True)),
                    torch.ones(8, 8, 8, dtype=torch.bool)):
         calls.update(relevance=0, transpose=0)

@@ -9,7 +9,8 @@ from torch import nn
 from LRPSegmentationLib.engine import (COMPOSITES, Graph, Target, TracedForward, explain_region, region_shares,
                                        sequence_composition, sliding_explain_region, sliding_sequence_composition,
                                        sliding_window_logits)
-from lrp_models import ResidualNormNet, SliceDenseNet, per_voxel_reference, prepare, seed_unet
+from lrp_models import (BiasOnlyNet, ResidualNormNet, SliceDenseNet, count_graph_passes, per_voxel_reference, prepare,
+                        seed_unet)
 
 PATCH = (8, 8, 8)
 VOLUME = (12, 10, 14)  # 2 × 2 × 3 = 12 windows of PATCH at overlap 0.5 (see test_sliding)
@@ -123,14 +124,7 @@ def test_batched_regions_equal_the_per_voxel_definition(case):
 
 def test_one_lrp_pass_for_all_regions_and_one_normalization_per_target(case, monkeypatch):
     model, x, regions = case
-    calls = {"relevance": 0, "transpose": 0}
-    for name in calls:
-        original = getattr(Graph, name)
-
-        def counting(self, arg, _original=original, _name=name):
-            calls[_name] += 1
-            return _original(self, arg)
-        monkeypatch.setattr(Graph, name, counting)
+    calls = count_graph_passes(monkeypatch)
     with TracedForward(model, x, "epsilon", "cpu") as traced:
         traced.explain(regions, 1)
         assert calls == {"relevance": 1, "transpose": 1}
@@ -160,23 +154,10 @@ def test_regions_are_named_in_errors(case):
         assert_same(traced.explain(regions, 1)["r0"], explain_region(model, x, regions["r0"], 1, "epsilon", "cpu"))
 
 
-class ConstantRightHalf(nn.Module):
-    """The right half of the output is a bias only: its voxels keep no relevance (all excluded)."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Conv3d(3, 2, 1)
-
-    def forward(self, x):
-        mask = torch.zeros(1, 1, 8, 8, 8, dtype=x.dtype)
-        mask[..., :4] = 1.0
-        return self.head(x * mask)
-
-
 def test_all_excluded_region_is_named(case):
     _, x, _ = case
     torch.manual_seed(0)
-    model = ConstantRightHalf().double().eval()
+    model = BiasOnlyNet().double().eval()
     regions = boxes((8, 8, 8), ((0, 0, 0), (8, 8, 4)), ((2, 2, 5), (4, 4, 7)))
     with TracedForward(model, x, "epsilon", "cpu") as traced:
         with pytest.raises(ValueError, match="all 8 voxels of region 'r1' were excluded"):
