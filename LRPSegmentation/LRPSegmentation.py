@@ -9,7 +9,6 @@ only wires the user interface to it. At import it needs only the standard-librar
 """
 from __future__ import annotations
 
-import logging
 import pathlib
 import tempfile
 from typing import Annotated
@@ -769,58 +768,6 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic, ModuleLogic):
         and checks the weights; torch is never imported here."""
         self.ensureDependencies()
         return self._logic.read_package_info(path)
-
-    # ---------------------------------------------------------------- asynchronous (the widget)
-
-    def worker(self):
-        """The client of the computation process (one per Logic; the process starts on the first
-        request and stays alive between them, see ``LRPSegmentationLib.slicer.worker``)."""
-        if getattr(self, "_worker", None) is None:
-            from LRPSegmentationLib.slicer.worker_client import WorkerClient
-
-            self._worker = WorkerClient()
-        return self._worker
-
-    def shutdownWorker(self) -> None:
-        """Stop the computation process (module cleanup); a later request starts a new one."""
-        if getattr(self, "_worker", None) is not None:
-            self._worker.shutdown()
-
-    def modelPath(self, package) -> str:
-        """The package's folder: the ``path`` of its description (`loadPackage`)."""
-        path = getattr(package, "path", None)
-        if not path:
-            raise ValueError(_("The model package has no folder: select a .lrpmodel folder."))
-        return str(path)
-
-    def segmentAsync(self, inputNodes, referenceNode, package, device="auto"):
-        """(job, finish): MRML read now; the network runs in the computation process (``job``);
-        ``finish(job)`` on the main thread creates the segmentation."""
-        logic, publish = self._logic, self._publish
-        inputs = logic.prepare_inputs(inputNodes, referenceNode, package)  # main thread: MRML
-
-        def finish(job):
-            return publish.publish_segmentation(slicer.mrmlScene, job.result(), referenceNode, package)
-
-        return self.worker().segment(inputs, self.modelPath(package), device), finish
-
-    def explainAsync(self, inputNodes, referenceNode, segmentationNode, segmentId, package, targetClass=1,
-                     classVsRest=False, composite=None, device="auto", crossCheck=False):
-        logic, publish = self._logic, self._publish
-        request = logic.prepare_explain(inputNodes, referenceNode, segmentationNode, segmentId, package,
-                                        int(targetClass), composite, device, cross_check=crossCheck,
-                                        contrast=bool(classVsRest))
-
-        def finish(job):
-            self.lastOutputs = publish.publish_explanation(slicer.mrmlScene, job.result(), referenceNode,
-                                                           cancel=job.cancelled)
-            try:
-                slicer.modules.plots.logic().ShowChartInLayout(self.lastOutputs.chart_node)
-            except Exception:  # no plot view available (e.g. headless): the chart is still in the scene
-                logging.debug("could not show the chart", exc_info=True)
-            return self.lastOutputs
-
-        return self.worker().explain(request, self.modelPath(package)), finish
 
 
 #

@@ -10,6 +10,7 @@ Slicer's start-up. The wing's modules (numpy, vtk, MRML) load when a `ModuleLogi
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -256,3 +257,57 @@ class ModuleLogic:
     def publishRefusal(self, job, inputNodes) -> str:
         """Why a finished job's results must not be published ("" = publish them)."""
         return self._state.publish_refusal(job, self.scene, inputNodes)
+
+    # ---------------------------------------------------------------- asynchronous (the widget)
+
+    def worker(self):
+        """The client of the computation process (one per Logic; the process starts on the first
+        request and stays alive between them, see ``LRPSegmentationLib.slicer.worker``)."""
+        if getattr(self, "_worker", None) is None:
+            from .worker_client import WorkerClient
+
+            self._worker = WorkerClient()
+        return self._worker
+
+    def shutdownWorker(self) -> None:
+        """Stop the computation process (module cleanup); a later request starts a new one."""
+        if getattr(self, "_worker", None) is not None:
+            self._worker.shutdown()
+
+    def modelPath(self, package) -> str:
+        """The package's folder: the ``path`` of its description (the module's ``loadPackage``)."""
+        path = getattr(package, "path", None)
+        if not path:
+            raise ValueError("The model package has no folder: select a .lrpmodel folder.")
+        return str(path)
+
+    def segmentAsync(self, inputNodes, referenceNode, package, device="auto"):
+        """(job, finish): MRML read now; the network runs in the computation process (``job``);
+        ``finish(job)`` on the main thread creates the segmentation."""
+        logic, publish = self._logic, self._publish
+        inputs = logic.prepare_inputs(inputNodes, referenceNode, package)  # main thread: MRML
+
+        def finish(job):
+            return publish.publish_segmentation(self.scene, job.result(), referenceNode, package)
+
+        return self.worker().segment(inputs, self.modelPath(package), device), finish
+
+    def explainAsync(self, inputNodes, referenceNode, segmentationNode, segmentId, package, targetClass=1,
+                     classVsRest=False, composite=None, device="auto", crossCheck=False):
+        logic, publish = self._logic, self._publish
+        request = logic.prepare_explain(inputNodes, referenceNode, segmentationNode, segmentId, package,
+                                        int(targetClass), composite, device, cross_check=crossCheck,
+                                        contrast=bool(classVsRest))
+
+        def finish(job):
+            self.lastOutputs = publish.publish_explanation(self.scene, job.result(), referenceNode,
+                                                           cancel=job.cancelled)
+            try:
+                import slicer
+
+                slicer.modules.plots.logic().ShowChartInLayout(self.lastOutputs.chart_node)
+            except Exception:  # no plot view available (e.g. headless): the chart is still in the scene
+                logging.debug("could not show the chart", exc_info=True)
+            return self.lastOutputs
+
+        return self.worker().explain(request, self.modelPath(package)), finish
