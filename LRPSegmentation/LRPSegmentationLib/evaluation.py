@@ -25,6 +25,7 @@ volume in one pass.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -34,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, Composite, Target, check_logits, check_region, compute_context,
-                     explain_region, sliding_explain_region, sliding_window_logits)
+from .engine import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, Composite, Target, check_region, compute_context,
+                     explain_region, sliding_explain_region)
 from .engine.region import as_target
+from .inference import network_logits
 from .vocabulary import DISTRACTOR_MIN_RETAINED, DISTRACTOR_MIN_SHARE
 
 __all__ = [
@@ -170,24 +172,8 @@ def _check_mask(mask, spatial, what: str) -> torch.Tensor:
 
 
 def _logits_fn(model: nn.Module, device, window, overlap: float):
-    """A function x (N, C, D, H, W) → logits (N, K, D, H, W) on the CPU (no grad)."""
-
-    @torch.no_grad()
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        if window is not None:
-            return torch.cat([sliding_window_logits(model, x[i:i + 1], window, overlap=overlap, device=device)
-                              for i in range(x.shape[0])])
-        # compute_context checks a (1, C, ...) input; check the first item and run the batch
-        with compute_context(model, x[:1], device) as first:
-            out = model(x.to(device=first.device, dtype=first.dtype))
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            if out.dim() != 5 or tuple(out.shape[2:]) != tuple(x.shape[2:]):
-                raise ValueError(f"the model must return logits (N, K, D, H, W) on the input grid "
-                                 f"{tuple(x.shape[2:])}, got {tuple(out.shape)}")
-            return check_logits(out).cpu()
-
-    return logits
+    """A function x (N, C, D, H, W) → logits (N, K, D, H, W) on the CPU (`inference.network_logits`)."""
+    return functools.partial(network_logits, model, window=window, overlap=overlap, device=device)
 
 
 def _check_class(target: int, logits: torch.Tensor) -> int:
