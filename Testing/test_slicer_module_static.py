@@ -347,7 +347,7 @@ def test_the_icon_and_every_screenshot_url_name_png_files_of_the_repository():
 
 def test_no_qt_and_no_module_level_torch_in_the_slicer_wing():
     """The Slicer wing must stay Qt-free (only LRPSegmentation.py may use Qt), and torch is imported
-    only inside the functions that compute (the worker thread)."""
+    only inside the functions that compute (they run in the computation process, slicer/worker.py)."""
     files = sorted((LIB_DIR / "slicer").glob("*.py"))
     assert {path.name for path in files} >= {"logic.py", "mrml.py", "publish.py", "shortcuts.py", "scene.py"}
     for path in files:
