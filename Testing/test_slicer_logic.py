@@ -141,6 +141,22 @@ def test_segment_pads_a_grid_the_network_cannot_take_and_crops_back(mrml_scene):
     assert labelmap.shape == shape
 
 
+def test_segment_reports_progress_per_sliding_window(case):
+    """A volume larger than the patch runs in windows: the progress bar moves with each one (a whole
+    volume is one pass and reports only its start)."""
+    package = make_package(patch_size=(8, 8, 8))  # the (8, 8, 12) reference needs two windows
+    inputs = logic.prepare_inputs(case.inputs, case.reference, package)
+    reported = []
+    labels = compute.compute_labels(compute.load_model(package), inputs, package, "cpu",
+                                    progress=lambda fraction, message: reported.append((fraction, message)))
+    windows = [(f, m) for f, m in reported if "window" in m]
+    assert [m for _, m in windows] == ["Running the network: window 1 of 2", "Running the network: window 2 of 2"]
+    assert [f for f, _ in reported] == sorted(f for f, _ in reported) and windows[-1][0] > 0.9
+    whole = compute.compute_labels(compute.load_model(make_package()), logic.prepare_inputs(
+        case.inputs, case.reference, make_package()), make_package(), "cpu")
+    assert labels.shape == whole.shape == REFERENCE_SHAPE
+
+
 def test_segment_missing_input_names_the_sequence(case):
     inputs = list(case.inputs)
     inputs[4] = None

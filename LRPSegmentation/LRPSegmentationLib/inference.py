@@ -36,16 +36,17 @@ def _fits(shape: Sequence[int], patch: Sequence[int]) -> bool:
 
 @torch.no_grad()
 def network_logits(model: nn.Module, x: torch.Tensor, window: Sequence[int] | None = None, overlap: float = 0.5,
-                   device: str | torch.device | None = None) -> torch.Tensor:
+                   device: str | torch.device | None = None, progress=None) -> torch.Tensor:
     """Logits (N, K, D, H, W) on the CPU of a batch (N, C, D, H, W) that the network can take as it is:
-    one pass per batch, or per item Gaussian-blended sliding windows of size ``window``.
+    one pass per batch, or per item Gaussian-blended sliding windows of size ``window``
+    (``progress(done, total)`` after each window).
 
     Raises:
         ValueError: the model does not return logits on the input grid, or returns NaN/Inf.
     """
     if window is not None:
-        return torch.cat([sliding_window_logits(model, x[i:i + 1], window, overlap=overlap, device=device)
-                          for i in range(x.shape[0])])
+        return torch.cat([sliding_window_logits(model, x[i:i + 1], window, overlap=overlap, device=device,
+                                                progress=progress) for i in range(x.shape[0])])
     with compute_context(model, x[:1], device) as first:  # checks the model and one item, moves the model
         out = model(x.to(device=first.device, dtype=first.dtype))
         out = out[0] if isinstance(out, (tuple, list)) else out
@@ -110,10 +111,11 @@ class Inferer:
         return full
 
     # -- prediction ------------------------------------------------------------------------------
-    def logits(self, x: torch.Tensor) -> np.ndarray:
-        """Logits (K, D, H, W) float32 on x's grid; no graph is kept (cheaper than `trace`)."""
+    def logits(self, x: torch.Tensor, progress=None) -> np.ndarray:
+        """Logits (K, D, H, W) float32 on x's grid; no graph is kept (cheaper than `trace`).
+        ``progress(done, total)`` after each sliding window (never called for one whole-volume pass)."""
         padded, crop = self.pad(x)
-        logits = network_logits(self.model, padded, self.window(padded), self.overlap, self.device)
+        logits = network_logits(self.model, padded, self.window(padded), self.overlap, self.device, progress)
         return logits[(0, slice(None)) + crop].float().numpy()
 
     # -- explanations ----------------------------------------------------------------------------

@@ -150,8 +150,11 @@ def compute_labels(model: Any, inputs: InputStack, package: Any, device: str | N
 
     check_cancel(cancel)
     report(progress, 0.1, "Running the network")
+    def window_done(done: int, total: int) -> None:  # sliding windows only: one pass reports nothing
+        report(progress, 0.1 + 0.85 * done / total, f"Running the network: window {done} of {total}")
+
     with _gpu_memory_errors():
-        labels = Inferer.for_package(model, package, device).logits(_network_input(inputs)).argmax(0)
+        labels = Inferer.for_package(model, package, device).logits(_network_input(inputs), window_done).argmax(0)
     check_cancel(cancel)
     classes = len(getattr(package, "class_names", None) or [])
     return labels.astype(np.uint8 if max(classes, int(labels.max(initial=0)) + 1) <= 256 else np.int32)
@@ -181,7 +184,6 @@ def compute_explanation(request: ExplainRequest, package: Any, model: Any = None
     """
     from .. import evaluation
     from ..engine import DEFAULT_TOLERANCE, Target
-    from ..engine.region import as_target
     from ..inference import Inferer
 
     check_cancel(cancel)
