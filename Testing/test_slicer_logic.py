@@ -663,7 +663,7 @@ def publish_synthetic(case, cancel=None):
     channels = len(SEQUENCES)
     composition = rng.random((channels, *REFERENCE_SHAPE)).astype(np.float32)
     composition /= composition.sum(0, keepdims=True)
-    result = publish.ExplainResult(
+    result = compute.ExplainResult(
         relevance=rng.normal(size=(channels, *REFERENCE_SHAPE)).astype(np.float32) * 1e-3, composition=composition,
         shares=np.full(channels, 1 / channels), positive_shares=np.full(channels, 1 / channels),
         n_used=int(case.mask.sum()), n_excluded=0, sequence_names=list(SEQUENCES))

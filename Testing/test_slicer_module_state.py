@@ -19,7 +19,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 vtk = pytest.importorskip("vtk")
 
 from LRPSegmentationLib import phantom  # noqa: E402
-from LRPSegmentationLib.slicer import logic, module_checks, module_logic, module_state, mrml, publish  # noqa: E402
+from LRPSegmentationLib.slicer import compute, logic, module_checks, module_logic, module_state, mrml, publish  # noqa: E402
 from LRPSegmentationLib.slicer import sample_data  # noqa: E402
 from LRPSegmentationLib.vocabulary import DEMO_MODEL, DEMO_MODEL_RESOURCE  # noqa: E402
 
@@ -37,7 +37,7 @@ def add_volume(name, array=None, ijk_to_ras=IJK_TO_RAS):
 def explain_result(positive_shares=(0.2, 0.5, 0.3), region_name="region A"):
     """A synthetic explanation on SHAPE (what the computation process returns)."""
     rng = np.random.default_rng(0)
-    return publish.ExplainResult(relevance=rng.normal(size=(len(NAMES), *SHAPE)).astype(np.float32),
+    return compute.ExplainResult(relevance=rng.normal(size=(len(NAMES), *SHAPE)).astype(np.float32),
                                  composition=np.full((len(NAMES), *SHAPE), 1 / 3, np.float32),
                                  shares=np.array([0.3, 0.4, 0.3]), positive_shares=np.array(positive_shares),
                                  n_used=12, n_excluded=1, sequence_names=list(NAMES), region_name=region_name)

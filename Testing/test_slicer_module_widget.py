@@ -24,7 +24,7 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 vtk = pytest.importorskip("vtk")
 
-from LRPSegmentationLib.slicer import module_logic, publish, sample_data  # noqa: E402
+from LRPSegmentationLib.slicer import compute, module_logic, publish, sample_data  # noqa: E402
 from LRPSegmentationLib.vocabulary import COMPOSITE_MENU, DEMO_MODEL, DEMO_MODEL_RESOURCE  # noqa: E402
 
 UI_FILE = module_logic.RESOURCES / "UI" / "LRPSegmentation.ui"
@@ -417,7 +417,7 @@ def fake_segmentation(module, widget, monkeypatch, labels=None):
 def fake_explanation(widget, monkeypatch, positive_shares=(0.1, 0.1, 0.5, 0.1, 0.1, 0.1)):
     def explain_async(inputs, reference, segmentation, segment_id, package, *args, **options):
         shape = slicer.util.arrayFromVolume(reference).shape
-        result = publish.ExplainResult(
+        result = compute.ExplainResult(
             relevance=np.random.default_rng(0).normal(size=(6, *shape)).astype(np.float32),
             composition=np.full((6, *shape), 1 / 6, np.float32), shares=np.full(6, 1 / 6),
             positive_shares=np.array(positive_shares), n_used=5, n_excluded=0,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..vocabulary import DEMO_MODEL_RESOURCE
-from . import logic, module_state, mrml, publish, sample_data
+from . import compute, logic, module_state, mrml, publish, sample_data
 
 __all__ = ["check_network", "check_without_network"]
 
@@ -55,7 +55,7 @@ def check_without_network(scene: Any, resources: str | os.PathLike, folder: str 
     say("Published results: found again from the scene, most relevant map first, replaced")
     shape = mrml.volume_shape(reference)
     names = [node.GetName() for node in volumes]
-    result = publish.ExplainResult(
+    result = compute.ExplainResult(
         relevance=np.random.default_rng(0).normal(size=(len(names), *shape)).astype(np.float32),
         composition=np.full((len(names), *shape), 1.0 / len(names), np.float32),
         shares=np.full(len(names), 1.0 / len(names)), positive_shares=np.array([0.1, 0.1, 0.4, 0.1, 0.2, 0.1]),

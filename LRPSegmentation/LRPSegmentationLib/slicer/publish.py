@@ -31,11 +31,11 @@ import numpy as np
 
 from .. import vocabulary
 from . import mrml
-from .compute import ExplainResult  # what the compute phase returns, written here
+from .compute import ExplainResult  # the compute phase's result, written here
 from .jobs import CancelCallback, check_cancel
 
 __all__ = ["COMPOSITION_ATTRIBUTE", "EXCLUDED_ATTRIBUTE", "MARGIN_COLUMN", "POSITIVE_SHARE_COLUMN", "USED_ATTRIBUTE",
-           "WITHOUT_SENSITIVITY_ATTRIBUTE", "ExplainOutputs", "ExplainResult", "add_color_legends",
+           "WITHOUT_SENSITIVITY_ATTRIBUTE", "ExplainOutputs", "add_color_legends",
            "composition_array", "explanation_outputs", "find_explanation", "find_explanations",
            "publish_explanation", "publish_segmentation", "relevance_order",
            "remove_outputs", "replaced_outputs", "set_table_counts"]

@@ -43,7 +43,7 @@ def save_slicer_scene(result: CaseResult, folder: str | os.PathLike, package: Mo
     """
     import slicer
 
-    from . import mrml, publish
+    from . import compute, mrml, publish
     from .headless import clear_scene, start_slicer
 
     if region not in result.explanations:
@@ -62,7 +62,7 @@ def save_slicer_scene(result: CaseResult, folder: str | os.PathLike, package: Mo
               for image, name in zip(result.case.images, names)]
     reference = images[names.index(package.reference_sequence)]
     segmentation = publish.publish_segmentation(scene, result.labels, reference, package)
-    explanation = publish.ExplainResult.from_explanation(result.explanations[region], result.composition, names,
+    explanation = compute.ExplainResult.from_explanation(result.explanations[region], result.composition, names,
                                                          region)
     published = publish.publish_explanation(scene, explanation, reference, f"LRP {region} ({result.composite})",
                                             show=False)
