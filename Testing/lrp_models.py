@@ -131,3 +131,21 @@ def count_graph_passes(monkeypatch) -> dict[str, int]:
             return _original(self, arg)
         monkeypatch.setattr(Graph, name, counting)
     return calls
+
+
+class MirroredEnsemble(nn.Module):
+    """Mean of several networks' logits over input flips (test-time mirroring): a linear
+    combination of networks, so its region map stays exact."""
+
+    def __init__(self, members: list[nn.Module], axes: tuple[int, ...] = (2, 3, 4)) -> None:
+        super().__init__()
+        self.members, self.axes = nn.ModuleList(members), axes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flips = [()] + [(a,) for a in self.axes]
+        total = None
+        for member in self.members:
+            for dims in flips:
+                y = member(x.flip(dims)).flip(dims) if dims else member(x)
+                total = y if total is None else total + y
+        return total / (len(self.members) * len(flips))

@@ -5,7 +5,7 @@ import torch
 from LRPSegmentationLib.engine import (COMPOSITES, Target, explain_region, explain_voxel, region_shares,
                                        sequence_composition)
 from LRPSegmentationLib.models import UNet3D
-from lrp_models import ResidualNormNet, SliceDenseNet, count_graph_passes, per_voxel_reference, prepare, seed_unet
+from lrp_models import MirroredEnsemble, ResidualNormNet, SliceDenseNet, count_graph_passes, per_voxel_reference, prepare, seed_unet
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -137,3 +137,16 @@ def test_cuda_matches_cpu():
         with torch.no_grad():
             conditioned = model(x)[0, 1].abs() > 1e-3
         assert float((comp_gpu - comp_cpu)[:, conditioned].abs().max()) <= 1e-4
+
+
+def test_mirrored_ensemble_equals_per_voxel_loop():
+    """Flips and the mean over members (nnU-Net's fold ensemble with mirroring) are linear."""
+    second = seed_unet(base=6)  # a different architecture width and different weights
+    model = MirroredEnsemble([seed_unet(), second]).eval()
+    x = torch.randn(1, 3, 8, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    region = torch.zeros(8, 8, 8, dtype=torch.bool)
+    region[1:4, 2:6, 5:7] = True
+    result = explain_region(model, x, region, target=1, composite="epsilon_gamma_box", device="cpu")
+    reference, used = per_voxel_reference(model, x, region, 1, "epsilon_gamma_box")
+    assert result.n_used == used > 0
+    assert relative_error(result.relevance, reference) <= 1e-5

@@ -321,7 +321,8 @@ _IDENTITY = {torch.Tensor.contiguous, torch.Tensor.clone, torch.clone, torch.Ten
 _RESHAPE = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.flatten, torch.flatten,
             torch.Tensor.permute, torch.permute, torch.Tensor.transpose, torch.transpose, torch.Tensor.squeeze,
             torch.squeeze, torch.Tensor.unsqueeze, torch.unsqueeze, torch.Tensor.__getitem__,
-            torch.Tensor.narrow, torch.narrow, F.pad, F.interpolate, F.upsample, torch.Tensor.movedim}
+            torch.Tensor.narrow, torch.narrow, F.pad, F.interpolate, F.upsample, torch.Tensor.movedim,
+            torch.flip, torch.Tensor.flip}  # flips: mirroring test-time augmentation
 _ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
         torch.Tensor.add_}
 _SUB = {torch.sub, torch.Tensor.sub, torch.Tensor.__sub__, torch.Tensor.__isub__, torch.Tensor.sub_,
