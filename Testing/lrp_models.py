@@ -149,3 +149,30 @@ class MirroredEnsemble(nn.Module):
                 y = member(x.flip(dims)).flip(dims) if dims else member(x)
                 total = y if total is None else total + y
         return total / (len(self.members) * len(flips))
+
+
+class PreActResidualNet(nn.Module):
+    """Pre-activation residual blocks (norm → act → conv, plus the skip; SegResNet's pattern), so
+    the normalizations cannot be folded into a convolution, with GroupNorm, InstanceNorm and
+    BatchNorm; a sigmoid-gated skip (attention-gate style), a channel `repeat` (VNet's input
+    transition), `expand`, `chunk`, `stack` and GELU/SiLU."""
+
+    def __init__(self, in_channels: int = 2, classes: int = 2, width: int = 4, bias: bool = True) -> None:
+        super().__init__()
+        self.stem = nn.Conv3d(in_channels, width, 3, padding=1, bias=bias)
+        self.norms = nn.ModuleList([nn.GroupNorm(2, width), nn.InstanceNorm3d(width, affine=True),
+                                    nn.BatchNorm3d(width)])
+        self.convs = nn.ModuleList([nn.Conv3d(width, width, 3, padding=1, bias=bias) for _ in range(3)])
+        self.gate = nn.Conv3d(width, 1, 1, bias=bias)
+        self.head = nn.Conv3d(width, classes, 1, bias=bias)
+        self.repeats = width // in_channels
+
+    def forward(self, x):
+        x = self.stem(x) + x.repeat(1, self.repeats, 1, 1, 1)
+        for norm, conv, act in zip(self.norms, self.convs, (F.relu, F.gelu, F.silu)):
+            x = x + conv(act(norm(x)))
+        gate = torch.sigmoid(self.gate(F.relu(x)))                  # (1, 1, D, H, W)
+        x = x * gate.expand_as(x) + x                                # gated skip
+        first, second = x.chunk(2, dim=1)
+        x = torch.stack([first, second], dim=2).flatten(1, 2)        # interleave the halves
+        return self.head(x)

@@ -10,8 +10,8 @@ from zennit.composites import (EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlusF
                                SpecialFirstLayerMapComposite, layer_map_base)
 from zennit.types import Convolution  # noqa: E402
 
-from LRPSegmentationLib.engine import (AlphaBeta, Composite, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus,  # noqa: E402
-                                       make_composite, prepare_graph)
+from LRPSegmentationLib.engine import (AlphaBeta, Composite, Epsilon, Flat, Gamma, Identity, WSquare,  # noqa: E402
+                                       ZBox, ZPlus, make_composite, prepare_graph)
 from lrp_models import SliceDenseNet, prepare, seed_unet  # noqa: E402
 
 LOW = torch.tensor([-2.5, -3.0, -2.0], dtype=torch.float64)
@@ -112,3 +112,45 @@ def test_average_pooling_and_dense_match_zennit():
     r = torch.randn_like(model(x))
     ours = our_relevance(model, x, r, make_composite("epsilon_gamma_box", low=LOW, high=HIGH))
     assert close(ours, zennit_relevance(model, x, r, zennit_composite("epsilon_gamma_box")))
+
+
+@pytest.mark.parametrize("ours,theirs", [(Identity(), zrules.Pass()), (Epsilon(1e-6), zrules.Epsilon(1e-6))],
+                         ids=["identity", "epsilon"])
+def test_standalone_norm_rules_match_zennit(ours, theirs):
+    """A BatchNorm that cannot be folded (after a ReLU): our affine rule against Zennit's rule on the
+    BatchNorm module itself (Pass = identity; Epsilon, with the running statistics as the bias)."""
+    torch.manual_seed(0)
+    model = prepare(nn.Sequential(nn.Conv3d(3, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm3d(4), nn.Conv3d(4, 2, 1)))
+    x = torch.randn(1, 3, 4, 5, 6, dtype=torch.float64)
+    r = torch.randn_like(model(x))
+    composite = Composite("single", conv=Epsilon(1e-6), dense=Epsilon(1e-6), affine=ours)
+    # First match wins: ours before layer_map_base's own (BatchNorm, Pass) — Zennit's default for a
+    # BatchNorm it could not merge is the identity, as ours.
+    zennit_map = LayerMapComposite([(nn.BatchNorm3d, theirs), (Convolution, zrules.Epsilon(1e-6))] + layer_map_base())
+    assert close(our_relevance(model, x, r, composite), zennit_relevance(model, x, r, zennit_map))
+
+
+def test_gelu_and_repeat_pass_relevance_like_zennit():
+    """GELU is identity-gated (Zennit's Pass on the module); `repeat` has no Zennit rule: it goes
+    through the gradient, which is what our adjoint does (copies sum back)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act, self.head = nn.Conv3d(3, 4, 3, padding=1), nn.GELU(), nn.Conv3d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.act(self.conv(x)).repeat(1, 2, 1, 1, 1))
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x = torch.randn(1, 3, 4, 5, 6, dtype=torch.float64)
+    r = torch.randn_like(model(x))
+    composite = Composite("single", conv=Epsilon(1e-6), dense=Epsilon(1e-6), affine=Identity())
+    zennit_map = LayerMapComposite([(nn.GELU, zrules.Pass()), (Convolution, zrules.Epsilon(1e-6))])
+    assert close(our_relevance(model, x, r, composite), zennit_relevance(model, x, r, zennit_map))
+
+
+# Zennit has no rule for LayerNorm with frozen σ (the LN rule) or for attention with constant
+# weights (the AH rule) of Ali et al. 2022, nor for sigmoid gates (signal-take-all): those are
+# checked against the per-voxel definition and by their structure in test_engine_modern.py.

@@ -13,6 +13,12 @@ on CPU, each measurement runs in a fresh subprocess and reports peak RSS minus R
 Usage:
   python bench/bench_engine.py                         # CPU: 6×64×64×32, 22.6 M-parameter U-Net
   python bench/bench_engine.py --device cuda --shape 6 128 128 64 --region-voxels 10059
+  python bench/bench_engine.py --network monai.SegResNet --shape 4 96 96 64 --region-voxels 2000
+  python bench/bench_engine.py --network monai.SwinUNETR --shape 4 64 64 64 --region-voxels 2000
+
+``--network`` other than unet3d: MONAI networks in the sizes of ``NETWORK_KWARGS`` (SegResNet as in
+MONAI's brain-tumour bundle; SwinUNETR with its defaults); Zennit cannot run them, so no
+zennit_voxel row.
 """
 from __future__ import annotations
 
@@ -30,13 +36,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LRPSegmentation"))
 from LRPSegmentationLib.engine import explain_region, explain_voxel, sequence_composition  # noqa: E402
 from LRPSegmentationLib.models import UNet3D  # noqa: E402
+from LRPSegmentationLib.models.registry import build_architecture  # noqa: E402
 
 MEASUREMENTS = ("gradient", "lrp_pass", "explain_region", "composition", "zennit_voxel")
+#: Architecture arguments of the MONAI networks benchmarked (besides in/out channels).
+NETWORK_KWARGS = {
+    "monai.SegResNet": {"init_filters": 16, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1)},
+    "monai.SwinUNETR": {"feature_size": 24},
+}
+
+
+def make_model(args):
+    if args.network == "unet3d":
+        return UNet3D(args.shape[0], 2, args.base, args.depth)
+    return build_architecture(args.network, in_channels=args.shape[0], out_channels=2,
+                              **NETWORK_KWARGS[args.network])
 
 
 def make_case(args):
     torch.manual_seed(0)
-    model = UNet3D(args.shape[0], 2, args.base, args.depth).eval()
+    model = make_model(args).eval()
     for module in model.modules():  # non-trivial batch-norm statistics, as in a trained model
         if isinstance(module, torch.nn.BatchNorm3d):
             module.running_mean.uniform_(-0.1, 0.1)
@@ -134,6 +153,7 @@ def measure(name, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=4, default=[6, 64, 64, 32], metavar=("C", "D", "H", "W"))
+    parser.add_argument("--network", default="unet3d", choices=["unet3d", *NETWORK_KWARGS])
     parser.add_argument("--base", type=int, default=32, help="U-Net base width (32: 22.6 M parameters)")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--region-voxels", type=int, default=10059)
@@ -148,6 +168,8 @@ def main():
     if args.only:
         print(json.dumps(measure(args.only, args)))
         return
+    if args.network != "unet3d" and "zennit_voxel" not in args.skip:
+        args.skip.append("zennit_voxel")  # Zennit cannot explain these networks
     results = []
     for name in MEASUREMENTS:
         if name in args.skip:
@@ -167,8 +189,10 @@ def main():
     by_name = {r["name"]: r for r in results}
     machine = (torch.cuda.get_device_name() if args.device.startswith("cuda")
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    params = sum(p.numel() for p in UNet3D(args.shape[0], 2, args.base, args.depth).parameters()) / 1e6
-    print(f"\n{machine}; torch {torch.__version__}; U-Net {params:.1f} M parameters; input {tuple(args.shape)}; "
+    torch.manual_seed(0)
+    params = sum(p.numel() for p in make_model(args).parameters()) / 1e6
+    print(f"\n{machine}; torch {torch.__version__}; {args.network} {params:.1f} M parameters; "
+          f"input {tuple(args.shape)}; "
           f"|A| = {args.region_voxels}; composite {args.composite}; fp32, TF32 off")
     print(f"{'computation':<34} {'time':>10} {'× grad':>8} {'peak mem':>10} {'× grad':>8}")
     grad = by_name.get("gradient")

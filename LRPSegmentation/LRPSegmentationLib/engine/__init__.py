@@ -1,6 +1,7 @@
 """The LRP engine: pure torch; knows nothing of files, MRML or Qt.
 
-- `graph`: trace a model as written into LRP-aware nodes (canonization included).
+- `graph`: trace a model as written into LRP-aware nodes (`nodes`; canonization included; gates,
+  attention, LayerNorm and copies in `modern`).
 - `rules`: one class per LRP rule, linear in the relevance, with its transpose.
 - `composites`: which rule each layer gets (Zennit's names).
 - `region`: the seed's voxel and region explanations, and per-sequence composition.
@@ -16,7 +17,7 @@ from .region import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, RegionExplanation, Ta
                      resolve_device, sequence_composition)
 from .sliding import (gaussian_importance, patch_grid, sliding_explain_region, sliding_sequence_composition,
                       sliding_window_logits)
-from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, WSquare, ZBox, ZPlus
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, Identity, Rule, WSquare, ZBox, ZPlus
 
 __all__ = [
     "COMPOSITES", "Composite", "input_box_bounds", "make_composite",
@@ -27,5 +28,5 @@ __all__ = [
     "resolve_device", "sequence_composition",
     "gaussian_importance", "patch_grid", "sliding_explain_region", "sliding_sequence_composition",
     "sliding_window_logits",
-    "AlphaBeta", "Epsilon", "Flat", "Gamma", "Rule", "WSquare", "ZBox", "ZPlus",
+    "AlphaBeta", "Epsilon", "Flat", "Gamma", "Identity", "Rule", "WSquare", "ZBox", "ZPlus",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..vocabulary import COMPOSITES  # the names `make_composite` accepts, torch-free for the user interfaces
-from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, Identity, Rule, ZBox, ZPlus
 
 #: Layer kinds a composite assigns rules to.
 LAYER_KINDS = ("first", "conv", "dense", "affine")
@@ -59,10 +59,13 @@ def make_composite(name: str, low: float | torch.Tensor | None = None, high: flo
     - ``epsilon_alpha2_beta1``: α2β1 on convolutions, ε on dense layers, no special first layer
       (Zennit's ``EpsilonAlpha2Beta1``).
 
+    Every composite passes relevance through a normalization that cannot be folded into the layer
+    before it (`Identity`, the conservative choice; Hui & Binder 2019).
+
     ``low``/``high`` are the box bounds of the input (floats, or one value per sequence, shape (C,));
     the engine fills them from the input's per-sequence range when they are None.
     """
-    affine = Epsilon(epsilon)
+    affine = Identity()  # normalizations that cannot be folded: see `rules.Identity` for why not ε
     if name == "epsilon":
         return Composite(name, conv=Epsilon(epsilon), dense=Epsilon(epsilon), affine=affine,
                          first=ZBox(low, high, stabilizer), stabilizer=stabilizer)

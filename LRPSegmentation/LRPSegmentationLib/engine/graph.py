@@ -6,7 +6,14 @@ function that touches a traced tensor becomes a node — functional ops (``torch
 and shape-dependent Python in ``forward`` is followed exactly. While tracing:
 
 - a normalization (BatchNorm in eval, InstanceNorm/GroupNorm with this input's statistics frozen)
-  directly after a convolution or dense layer is folded into it (canonization);
+  becomes a per-channel affine node; after tracing, one whose input is a convolution or dense layer
+  used by nothing else is folded into it (canonization, `_fold_norms`); the others keep the
+  composite's ``affine`` rule (pre-activation residual blocks: norm → act → conv plus the skip);
+- a sigmoid/softmax of an input-dependent value is a *gate*: its output is held constant, so a
+  product with it (attention gates, gated skips, attention weights @ V) is linear in the other
+  factor (see `modern`); a product of two signals that does not end in such a gate raises;
+- transformer pieces follow Ali et al. 2022 (`modern`): LayerNorm with its σ frozen, attention
+  weights constant, GELU/SiLU pass relevance through;
 - in-place operations keep their meaning for the model, but the value they overwrite is kept for
   the rules;
 - an operation the engine has no LRP semantics for raises `UnsupportedOperationError` naming it and
@@ -20,7 +27,6 @@ Both are linear in their argument, and both accept a batch of vectors (dim 0).
 """
 from __future__ import annotations
 
-import abc
 import itertools
 from typing import Any, Callable
 
@@ -31,223 +37,29 @@ from torch.overrides import TorchFunctionMode
 
 from .composites import Composite
 from .linear import LinearLayer
-from .rules import stabilize
+from .modern import GATES, ModernOps
+from .nodes import (AdjointNode, CatNode, InputNode, LayerNode, MaxPoolNode, Node, NormNode, PassNode, SumNode,
+                    UnsupportedOperationError)
 
 
-class UnsupportedOperationError(ValueError):
-    """The model uses an operation the LRP engine cannot explain."""
+_TAG = "_lrp_trace"  # attribute on traced tensors: (tracer id, what), see `_Tracer.tag_of`
 
 
-_TAG = "_lrp_trace"  # attribute on traced tensors: (tracer id, node index) or (tracer id, reason)
+class _Frozen:
+    """Tag of a value the rules hold constant: a gate (sigmoid/softmax output) or anything computed
+    from gates and constants alone. ``origin`` names the gate, for the error if it is the output."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
 
 
-# --------------------------------------------------------------------------------------------
-# Nodes
-# --------------------------------------------------------------------------------------------
-class Node(abc.ABC):
-    """One operation of the traced graph. ``inputs`` are indices of the nodes producing the traced
-    operands (node 0 is the model input). Constants (weights, biases, untraced tensors) live in the
-    node. Subclasses define the LRP semantics."""
+class _Pending:
+    """Tag of an input-dependent value with no LRP semantics of its own (a product of two signals,
+    e.g. attention scores q·kᵀ): fine as long as it only feeds a sigmoid/softmax (which freezes
+    it); used on the way to the output in any other way, it raises ``reason``."""
 
-    #: Whether `prepare` reads the forward values of this node and its inputs.
-    reads_values = False
-
-    def __init__(self, inputs: tuple[int, ...], name: str) -> None:
-        self.inputs = inputs
-        self.name = name
-
-    def prepare(self, values: list, index: int, composite: Composite) -> None:
-        """Keep what `relevance`/`transpose` need; ``values[i]`` are forward outputs."""
-
-    @abc.abstractmethod
-    def transpose(self, v_in: list[torch.Tensor]) -> torch.Tensor:
-        """Carry v forward: from the inputs' v (one per input) to this node's output."""
-
-    @abc.abstractmethod
-    def relevance(self, r: torch.Tensor) -> list[torch.Tensor]:
-        """Map this node's output relevance to one relevance tensor per input."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, inputs={self.inputs})"
-
-
-class InputNode(Node):
-    """The model input (node 0): not an operation, so the passes start after it."""
-
-    def __init__(self) -> None:
-        super().__init__((), "input")
-
-    def transpose(self, v_in):
-        raise RuntimeError("the input node is where the transposed pass starts, not an operation")
-
-    def relevance(self, r):
-        raise RuntimeError("the input node is where the LRP pass ends, not an operation")
-
-
-class LayerNode(Node):
-    """A convolution, dense layer or per-channel affine map; its rule comes from the composite.
-
-    ``reads_input``: whether the layer's input is the model input itself, directly or through
-    pass-through operations (set by the tracer); such a layer gets the composite's first-layer rule.
-    """
-
-    reads_values = True
-
-    def __init__(self, inputs, name, layer: LinearLayer, kind: str) -> None:
-        super().__init__(inputs, name)
-        self.layer, self.kind = layer, kind
-        self.reads_input = False
-        self.rule = None
-        self.state = None
-        self.input_shape = None
-
-    def prepare(self, values, index, composite):
-        self.rule = composite.rule_for(self.kind, is_first=self.reads_input)
-        x = values[self.inputs[0]]
-        self.input_shape = x.shape
-        self.state = self.rule.prepare(self.layer, x, values[index])
-
-    def transpose(self, v_in):
-        return self.rule.transpose(self.layer, self.state, v_in[0])
-
-    def relevance(self, r):
-        return [self.rule.relevance(self.layer, self.state, r)]
-
-    def __repr__(self) -> str:
-        return f"LayerNode({self.name!r}, {self.kind}, inputs={self.inputs}, rule={self.rule!r})"
-
-
-class PassNode(Node):
-    """Element-wise activations, dropout in eval, copies: relevance passes unchanged (Zennit's
-    ``Pass``)."""
-
-    def transpose(self, v_in):
-        return v_in[0]
-
-    def relevance(self, r):
-        return [r]
-
-
-def _per_sample(fn: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor) -> torch.Tensor:
-    """Apply an op traced on batch 1 to each sample of a batch (reshapes may name the batch size)."""
-    if t.shape[0] == 1:
-        return fn(t)
-    return torch.cat([fn(t[i:i + 1]) for i in range(t.shape[0])])
-
-
-def _adjoint(fn: Callable[[torch.Tensor], torch.Tensor], input_shape: torch.Size, r: torch.Tensor) -> torch.Tensor:
-    """Aᵀ r for a parameter-free linear op A = fn, by autograd on a zero probe."""
-    shape = (r.shape[0],) + tuple(input_shape[1:])
-    probe = torch.zeros(shape, dtype=r.dtype, device=r.device, requires_grad=True)
-    with torch.enable_grad():
-        out = _per_sample(fn, probe)
-        return torch.autograd.grad(out, probe, r)[0]
-
-
-class AdjointNode(Node):
-    """A parameter-free linear op (resampling, padding, cropping, reshaping): relevance goes back
-    through its adjoint. Interpolation weights of each output sum to one, so this conserves
-    relevance (it is what Zennit does for layers without a rule)."""
-
-    def __init__(self, inputs, name, fn, input_shape) -> None:
-        super().__init__(inputs, name)
-        self.fn, self.input_shape = fn, input_shape
-
-    def transpose(self, v_in):
-        return _per_sample(self.fn, v_in[0])
-
-    def relevance(self, r):
-        return [_adjoint(self.fn, self.input_shape, r)]
-
-
-class NormNode(Node):
-    """Average pooling and scaling by constants: the z-rule on a parameter-free linear op,
-    R_in = x ⊙ Aᵀ(R / stab(A x)) (Zennit's ``Norm``)."""
-
-    reads_values = True
-
-    def __init__(self, inputs, name, fn, input_shape) -> None:
-        super().__init__(inputs, name)
-        self.fn, self.input_shape = fn, input_shape
-        self.x = self.inv_d = None
-
-    def prepare(self, values, index, composite):
-        self.x = values[self.inputs[0]]
-        self.inv_d = 1.0 / stabilize(values[index], composite.stabilizer)
-
-    def transpose(self, v_in):
-        return _per_sample(self.fn, self.x * v_in[0]) * self.inv_d
-
-    def relevance(self, r):
-        return [self.x * _adjoint(self.fn, self.input_shape, r * self.inv_d)]
-
-
-class SumNode(Node):
-    """z = Σ_k c_k x_k (+ constant): residual additions. Relevance is split in proportion to each
-    branch's contribution, R_k = c_k x_k R / stab(z) (Zennit's ``Norm`` on its ``Sum`` layer);
-    a constant term absorbs its share, like a bias."""
-
-    reads_values = True
-
-    def __init__(self, inputs, name, coefficients: tuple[float, ...]) -> None:
-        super().__init__(inputs, name)
-        self.coefficients = coefficients
-        self.terms = self.inv_d = None
-
-    def prepare(self, values, index, composite):
-        self.terms = [c * values[i] for c, i in zip(self.coefficients, self.inputs)]
-        self.inv_d = 1.0 / stabilize(values[index], composite.stabilizer)
-
-    def transpose(self, v_in):
-        return sum(t * v for t, v in zip(self.terms, v_in)) * self.inv_d
-
-    def relevance(self, r):
-        s = r * self.inv_d
-        return [t * s for t in self.terms]
-
-
-class CatNode(Node):
-    """Concatenation (U-Net skips): relevance is split back to the pieces. ``sizes`` has one entry
-    per piece, constants included (their share is dropped); ``pieces`` maps each piece to its
-    position in ``inputs`` or None for a constant."""
-
-    def __init__(self, inputs, name, dim: int, sizes: list[int], pieces: list[int | None], shapes) -> None:
-        super().__init__(inputs, name)
-        self.dim, self.sizes, self.pieces, self.shapes = dim, sizes, pieces, shapes
-
-    def transpose(self, v_in):
-        parts = []
-        for piece, shape in zip(self.pieces, self.shapes):
-            if piece is None:
-                shape = (v_in[0].shape[0],) + tuple(shape[1:])
-                parts.append(v_in[0].new_zeros(shape))
-            else:
-                parts.append(v_in[piece].expand((v_in[0].shape[0],) + tuple(v_in[piece].shape[1:])))
-        return torch.cat(parts, dim=self.dim)
-
-    def relevance(self, r):
-        chunks = torch.split(r, self.sizes, dim=self.dim)
-        return [chunks[k] for k, piece in enumerate(self.pieces) if piece is not None]
-
-
-class MaxPoolNode(Node):
-    """Max pooling routes relevance to the winning input (the gradient; Zennit's default)."""
-
-    def __init__(self, inputs, name, indices: torch.Tensor, input_shape) -> None:
-        super().__init__(inputs, name)
-        self.indices, self.input_shape = indices, input_shape
-
-    def transpose(self, v_in):
-        v = v_in[0]
-        flat = v.flatten(2)
-        idx = self.indices.flatten(2).expand(v.shape[0], -1, -1)
-        return flat.gather(2, idx).view((v.shape[0],) + tuple(self.indices.shape[1:]))
-
-    def relevance(self, r):
-        shape = (r.shape[0],) + tuple(self.input_shape[1:])
-        out = r.new_zeros(shape).flatten(2)
-        idx = self.indices.flatten(2).expand(r.shape[0], -1, -1)
-        return [out.scatter_add_(2, idx, r.flatten(2)).view(shape)]
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,7 +125,8 @@ _MAXPOOL = {F.max_pool1d: F.max_pool1d_with_indices, F.max_pool2d: F.max_pool2d_
             F.max_pool3d_with_indices: F.max_pool3d_with_indices}
 _AVGPOOL = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
             F.adaptive_avg_pool3d}
-_ACTIVATIONS = {F.relu, torch.relu, torch.Tensor.relu, F.relu_, torch.relu_, torch.Tensor.relu_, F.leaky_relu,
+_ACTIVATIONS = {F.gelu, F.silu,  # identity-gated (Ali et al. 2022)
+                F.relu, torch.relu, torch.Tensor.relu, F.relu_, torch.relu_, torch.Tensor.relu_, F.leaky_relu,
                 F.leaky_relu_, torch.prelu, F.prelu, F.elu, F.elu_, F.rrelu}
 _DROPOUT = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 _IDENTITY = {torch.Tensor.contiguous, torch.Tensor.clone, torch.clone, torch.Tensor.to, torch.Tensor.float,
@@ -333,9 +146,7 @@ _MUL = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _CREATE = {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty",
            "new_full", "new_tensor"}
-_HINTS = {"softmax": "explain logits: return them from forward() instead of softmax/sigmoid outputs",
-          "sigmoid": "explain logits: return them from forward() instead of softmax/sigmoid outputs",
-          "log_softmax": "explain logits: return them from forward() instead of log-probabilities"}
+_HINTS = {"log_softmax": "explain logits: return them from forward() instead of log-probabilities"}
 
 
 def _func_name(func: Callable) -> str:
@@ -344,7 +155,8 @@ def _func_name(func: Callable) -> str:
 
 
 #: Position of the ``inplace`` argument of functions that take one.
-_INPLACE_ARG = {F.relu: 1, F.leaky_relu: 2, F.elu: 2, F.rrelu: 4, F.dropout: 3, F.dropout1d: 3, F.dropout2d: 3,
+_INPLACE_ARG = {F.silu: 1,
+                F.relu: 1, F.leaky_relu: 2, F.elu: 2, F.rrelu: 4, F.dropout: 3, F.dropout1d: 3, F.dropout2d: 3,
                 F.dropout3d: 3, F.alpha_dropout: 3, F.feature_alpha_dropout: 3}
 
 
@@ -361,7 +173,7 @@ def _is_inplace(func: Callable, args: tuple, kwargs: dict) -> bool:
 # --------------------------------------------------------------------------------------------
 # The tracer
 # --------------------------------------------------------------------------------------------
-class _Tracer(TorchFunctionMode):
+class _Tracer(ModernOps, TorchFunctionMode):
     _ids = itertools.count()
 
     def __init__(self, x: torch.Tensor) -> None:
@@ -376,26 +188,56 @@ class _Tracer(TorchFunctionMode):
         setattr(x, _TAG, (self.id, 0))
 
     # -- tags --------------------------------------------------------------------------------
-    def index_of(self, t: Any) -> int | None:
-        """Node index of a traced tensor, None for a constant; raises for a tainted tensor."""
+    def tag_of(self, t: Any) -> int | str | _Frozen | _Pending | None:
+        """What the tracer knows of ``t``: a node index (a signal), a reason string (computed by an
+        unsupported operation), `_Frozen` (a gate or a value computed from gates), `_Pending`, or
+        None (a constant: weights, buffers, tensors not computed from the input)."""
         if not isinstance(t, torch.Tensor):
             return None
         tag = getattr(t, _TAG, None)
         if tag is None or tag[0] != self.id:
             return None
-        if isinstance(tag[1], str):
-            raise UnsupportedOperationError(tag[1])
         return tag[1]
 
+    def index_of(self, t: Any) -> int | None:
+        """Node index of a traced tensor, None for a constant or gate; raises for a tainted tensor."""
+        tag = self.tag_of(t)
+        if tag is None or isinstance(tag, _Frozen):
+            return None
+        if isinstance(tag, str):
+            raise UnsupportedOperationError(tag)
+        if isinstance(tag, _Pending):
+            raise UnsupportedOperationError(tag.reason)
+        return tag
+
     def _is_traced(self, t: Any) -> bool:
-        tag = getattr(t, _TAG, None) if isinstance(t, torch.Tensor) else None
-        return tag is not None and tag[0] == self.id
+        """Whether ``t`` is input-dependent and not a gate (gates count as constants)."""
+        tag = self.tag_of(t)
+        return tag is not None and not isinstance(tag, _Frozen)
+
+    def is_frozen(self, t: Any) -> bool:
+        return isinstance(self.tag_of(t), _Frozen)
+
+    def _mark(self, out: Any, mark: _Frozen | _Pending) -> Any:
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                setattr(t, _TAG, (self.id, mark))
+        return out
+
+    def freeze(self, out: Any, origin: str) -> Any:
+        """Tag ``out`` as a gate (held constant by the rules); ``origin`` names the operation."""
+        return self._mark(out, _Frozen(origin))
+
+    def defer(self, out: Any, reason: str) -> Any:
+        """Tag ``out`` as input-dependent without LRP semantics: fine if it only feeds a gate."""
+        return self._mark(out, _Pending(reason))
 
     def add(self, node: Node, value: torch.Tensor) -> torch.Tensor:
         for i in node.inputs:
             self.consumers[i] += 1
         if isinstance(node, LayerNode):
             node.reads_input = node.inputs[0] in self.input_like
+        node.output_batch = value.shape[0]
         self.nodes.append(node)
         self.values.append(value)
         self.consumers.append(0)
@@ -411,9 +253,12 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         flat = [a for a in itertools.chain(args, kwargs.values())]
         flat += [t for a in flat if isinstance(a, (list, tuple)) for t in a]
-        if not any(self._is_traced(a) for a in flat):
+        tags = [self.tag_of(a) for a in flat]
+        if all(tag is None for tag in tags):
             return func(*args, **kwargs)
         name = _func_name(func)
+        if not any(isinstance(tag, (int, str)) for tag in tags):
+            return self._gate_branch(func, name, args, kwargs, tags)
         handler = self._handler(func, name)
         if handler is None:
             return self._untraced(func, name, args, kwargs)
@@ -433,6 +278,16 @@ class _Tracer(TorchFunctionMode):
                                             "in a way the tracer does not know")
         return out
 
+    def _gate_branch(self, func, name, args, kwargs, tags):
+        """An operation on gates, pending values and constants only (no signal): it carries no
+        relevance. Its output is a gate (sigmoid/softmax, or computed from gates and constants) or
+        pending (computed from a pending value)."""
+        out = func(*args, **kwargs)
+        if func in GATES:
+            return self.freeze(out, f"{name} in module '{self.where}'")
+        pending = next((tag for tag in tags if isinstance(tag, _Pending)), None)
+        return self._mark(out, pending or next(tag for tag in tags if isinstance(tag, _Frozen)))
+
     def _untraced(self, func, name, args, kwargs):
         out = func(*args, **kwargs)
         short = name.rsplit(".", 1)[-1]
@@ -441,15 +296,22 @@ class _Tracer(TorchFunctionMode):
         hint = _HINTS.get(short.strip("_"), "")
         reason = (f"operation {name} in module '{self.where}' is not supported by the LRP engine"
                   + (f" ({hint})" if hint else "")
-                  + "; supported: convolutions (incl. transposed), linear, batch/instance/group norm, ReLU/"
-                    "LeakyReLU/PReLU/ELU, dropout, max/avg pooling, interpolate, pad, cat, +/-, scaling by "
-                    "constants, reshapes")
-        for t in out if isinstance(out, (tuple, list)) else (out,):
+                  + "; supported: convolutions (incl. transposed), linear, batch/instance/group/layer norm, "
+                    "ReLU/LeakyReLU/PReLU/ELU/GELU/SiLU, dropout, max/avg pooling, interpolate, pad, cat/stack, "
+                    "+/-, scaling by constants, gates (products with a sigmoid/softmax output), matmul/einsum "
+                    "with one input-dependent factor, reshapes and copies (repeat/expand/tile/roll/split)")
+        targets = list(out) if isinstance(out, (tuple, list)) else [out]
+        if args and (func is torch.Tensor.__setitem__ or _is_inplace(func, args, kwargs)):
+            targets.append(args[0])  # e.g. buffer[..., :k] = x: the written tensor now depends on x
+        for t in targets:
             if isinstance(t, torch.Tensor):
                 setattr(t, _TAG, (self.id, reason))
         return out
 
     def _handler(self, func, name):
+        modern = self._modern_handler(func)
+        if modern is not None:
+            return modern
         if func in _CONV:
             return self._conv
         if func in _CONVT:
@@ -551,20 +413,10 @@ class _Tracer(TorchFunctionMode):
         scale = self._constant(weight, "a norm weight") / torch.sqrt(var.detach() + a["eps"])
         shift = self._constant(bias, "a norm bias") - mean.detach() * scale
         out = func(*args, **kwargs)
-        index = self.index_of(x)
-        producer = self.nodes[index]
-        if isinstance(producer, LayerNode) and self.consumers[index] == 0 and producer.kind != "affine":
-            # Canonize: fold the affine map into the layer before it. The raw layer output must not
-            # be used elsewhere afterwards; mark it so that such a use raises.
-            producer.layer = producer.layer.scaled(scale, shift)
-            producer.name += f" + {name}"
-            setattr(x, _TAG, (self.id, f"the output of '{producer.name}' is used both by a normalization "
-                                       "and elsewhere; folding is not possible"))
-            self.values[index] = out
-            setattr(out, _TAG, (self.id, index))
-            return out
         layer = LinearLayer("channel", scale, shift)
-        return self.add(LayerNode((index,), f"{self.where}: {name}", layer, "affine"), out)
+        node = LayerNode((self.index_of(x),), f"{self.where}: {name}", layer, "affine")
+        node.normalization = name  # `_fold_norms` may fold it into the layer before it
+        return self.add(node, out)
 
     def _pass(self, func, name, args, kwargs):
         if func in _DROPOUT and (kwargs.get("training", args[2] if len(args) > 2 else True)):
@@ -609,7 +461,10 @@ class _Tracer(TorchFunctionMode):
             pad = kwargs.get("pad", rest[0] if rest else None)
             fn = lambda t: F.pad(t, pad, mode=mode)  # noqa: E731  (a constant fill is an offset, not linear)
         else:
-            fn = lambda t: func(t, *rest, **kwargs)  # noqa: E731
+            # The passes' tensors need not have the forward value's strides: view as reshape.
+            op = torch.Tensor.reshape if func is torch.Tensor.view and not isinstance(
+                rest[0] if rest else None, torch.dtype) else func
+            fn = lambda t: op(t, *rest, **kwargs)  # noqa: E731
         out = func(*args, **kwargs)
         index = self.index_of(x)
         out = self.add(AdjointNode((index,), f"{self.where}: {name}", fn, x.shape), out)
@@ -623,22 +478,33 @@ class _Tracer(TorchFunctionMode):
         coefficients = [(first, 1.0), (second, sign * a["alpha"])]
         traced = [(self.index_of(t), c) for t, c in coefficients if self._is_traced(t)]
         out = func(*args, **kwargs)
+        for t, _ in coefficients:
+            if self._is_traced(t) and (t.dim() != out.dim() or t.shape[0] != out.shape[0]):
+                raise UnsupportedOperationError(f"{name} in module '{self.where}' broadcasts an input-dependent "
+                                                f"tensor of shape {tuple(t.shape)} to {tuple(out.shape)} across "
+                                                "dimensions or the batch; expand it explicitly first")
         node = SumNode(tuple(i for i, _ in traced), f"{self.where}: {name}", tuple(c for _, c in traced))
         return self.add(node, out)
 
     def _scale(self, func, name, args, kwargs):
-        """Multiplication or division by a constant: the z-rule on a diagonal linear map."""
+        """Multiplication or division by a constant: the z-rule on a diagonal linear map; by a gate
+        (a sigmoid/softmax output): signal-take-all (`modern`)."""
         operands = list(args[:2]) + [kwargs[k] for k in ("other",) if k in kwargs]
         traced = [t for t in operands if self._is_traced(t)]
         divides = "div" in name
-        if len(traced) != 1 or (divides and traced[0] is not operands[0]):
-            raise UnsupportedOperationError(f"{name} of two input-dependent tensors in module '{self.where}' "
-                                            "(e.g. an attention gate) is not supported")
-        x = traced[0]
-        constant = operands[1] if operands[0] is x else operands[0]
         if kwargs.get("rounding_mode") is not None:
             raise UnsupportedOperationError(f"{name} with rounding in module '{self.where}' is not linear")
+        if len(traced) != 1 or (divides and traced[0] is not operands[0]):
+            what = "division by an input-dependent tensor" if len(traced) == 1 else \
+                f"{name} of two input-dependent tensors"
+            return self.defer(func(*args, **kwargs),
+                              f"{what} in module '{self.where}' is not supported: neither factor is a gate "
+                              "(a sigmoid/softmax output, held constant as in attention gates)")
+        x = traced[0]
+        constant = operands[1] if operands[0] is x else operands[0]
         out = func(*args, **kwargs)
+        if self.is_frozen(constant):
+            return self._gate_product(func, name, x, out)
         op = torch.div if divides else torch.mul
         fn = lambda t: op(t, constant)  # noqa: E731
         return self.add(NormNode((self.index_of(x),), f"{self.where}: {name}", fn, x.shape), out)
@@ -680,7 +546,34 @@ class Graph:
         if 0 not in live:
             raise UnsupportedOperationError("the model's output does not depend on its input")
         self.live = sorted(live)
+        self._fold_norms(values)
+        #: Whether some value has more than one row in dim 0 (Swin windows folded into the batch):
+        #: the passes then run one vector at a time (the rules' states broadcast over dim 0).
+        self.folds_batch = any(isinstance(values[i], torch.Tensor) and values[i].shape[0] != 1 for i in self.live)
         self.composite: Composite | None = None
+
+    def _fold_norms(self, values: list) -> None:
+        """Canonization: fold each normalization into the convolution or dense layer before it when
+        that layer's output feeds nothing else (in the live graph); the folded layer's output is the
+        normalized value. A normalization that cannot be folded keeps its own affine node."""
+        consumers = self._consumers()
+        for index in self.live:
+            norm = self.nodes[index]
+            if not getattr(norm, "normalization", None):
+                continue
+            source = norm.inputs[0]
+            producer = self.nodes[source]
+            if not (isinstance(producer, LayerNode) and producer.kind in ("conv", "dense") and consumers[source] == 1):
+                continue
+            if producer.kind == "dense" and values[source].dim() != 2:
+                continue  # the norm's channels (dim 1) are not the dense layer's features (last dim)
+            try:
+                producer.layer = producer.layer.scaled(norm.layer.weight, norm.layer.bias)
+            except ValueError:  # a grouped transposed convolution: keep the norm on its own
+                continue
+            producer.name += f" + {norm.normalization}"
+            values[source] = values[index]
+            self.nodes[index] = PassNode((source,), f"{norm.name} (folded)")
 
     @property
     def layers(self) -> list[LayerNode]:
@@ -723,6 +616,12 @@ class Graph:
             elif depth < 4 and isinstance(item, dict):
                 for element in item.values():
                     visit(element, depth + 1)
+            elif depth < 4 and getattr(item, "__closure__", None):  # e.g. attention weights in a fn
+                for cell in item.__closure__:
+                    try:
+                        visit(cell.cell_contents, depth + 1)
+                    except ValueError:  # an empty cell
+                        pass
             elif depth < 4 and hasattr(item, "__dict__") and not isinstance(item, (Node, type)):
                 visit(vars(item), depth + 1)
 
@@ -741,6 +640,8 @@ class Graph:
     def transpose(self, v_input: torch.Tensor) -> torch.Tensor:
         """v_out = Lᵀ-direction pass: given v at the input (B, C, ...) return v at the output
         (B, K, ...). With v_input = 1 this is the conserved fraction Lᵀ1 of every output."""
+        if self.folds_batch and v_input.shape[0] > 1:
+            return torch.cat([self.transpose(v_input[i:i + 1]) for i in range(v_input.shape[0])])
         remaining = self._consumers()
         v = {0: v_input}
         for index in self.live[1:]:
@@ -754,6 +655,8 @@ class Graph:
 
     def relevance(self, r_output: torch.Tensor) -> torch.Tensor:
         """The LRP backward: relevance at the output (B, K, ...) → relevance at the input (B, C, ...)."""
+        if self.folds_batch and r_output.shape[0] > 1:
+            return torch.cat([self.relevance(r_output[i:i + 1]) for i in range(r_output.shape[0])])
         r = {self.output: r_output}
         for index in reversed(self.live[1:]):
             node = self.nodes[index]
@@ -791,6 +694,10 @@ def trace(model: nn.Module, x: torch.Tensor) -> Graph:
         out = out[0]
     if isinstance(out, dict):
         raise UnsupportedOperationError("the model returns a dict; wrap it so forward() returns the logits tensor")
+    tag = tracer.tag_of(out)
+    if isinstance(tag, _Frozen):
+        raise UnsupportedOperationError(f"the model's output is computed by {tag.origin}: explain logits, return "
+                                        "them from forward() instead of softmax/sigmoid outputs")
     index = tracer.index_of(out)
     if index is None:
         raise UnsupportedOperationError("the model's output is not computed from its input by traced operations")

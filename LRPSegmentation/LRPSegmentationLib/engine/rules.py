@@ -277,3 +277,26 @@ class WSquare(Rule):
     def transpose(self, layer, state, v):
         squared, shape, inv_d = state
         return layer.apply(v.expand((v.shape[0],) + tuple(shape[1:])), squared) * inv_d
+
+
+class Identity(Rule):
+    """Identity: R_in = R (relevance passes unchanged; Zennit's ``Pass``). The default for a
+    normalization that cannot be folded into the layer before it (a per-channel affine map with
+    frozen statistics, e.g. the norm → act → conv of a pre-activation residual block).
+
+    Hui & Binder 2019 ("BatchNorm decomposition for deep neural network interpretation") compare
+    identity and ε for standalone batch norm: ε scales relevance by (a·x)/(a·x + b), which the bias
+    b = β − μ·a can make arbitrarily large or flip in sign (their MobileNet failure); identity cannot,
+    and it conserves relevance exactly. Zennit's composites do the same for a BatchNorm they could not
+    merge (``layer_map_base``: BatchNorm → ``Pass``). Pass ``Composite(affine=Epsilon(...))`` for the
+    ε treatment.
+    """
+
+    def prepare(self, layer, x, z):
+        return None
+
+    def relevance(self, layer, state, r):
+        return r
+
+    def transpose(self, layer, state, v):
+        return v
