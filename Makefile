@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench clean review test-web
 
 venv: $(STAMP)
 
@@ -24,6 +24,15 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_explain.py
+
+# The browser review (lrpseg review, the web extra; installed by `make venv` with the test extra):
+# serves the bundled phantom case on http://127.0.0.1:8080/.
+review: $(STAMP)
+	$(VENV)/bin/lrpseg review
+
+# The browser tests only (Debian's chromium: apt-get install chromium).
+test-web: $(STAMP)
+	$(PY) -m pytest -q Testing/test_review_browser.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUTPUT)
