@@ -317,7 +317,7 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except Exception as error:  # shown in the UI; Segment/Explain stay disabled
                 message = _("Cannot load the model package: {error}").format(error=error)
         self.ui.modelInfoLabel.text = message or (self.logic.describePackage(self._package) if self._package else
-                                                  _("Select a model package (a .lrpmodel folder)."))
+                                                  _("Select a model: a .lrpmodel folder, an nnU-Net v2 trained-model folder or a MONAI bundle folder."))
         self._updatingGui = True  # rebuilding the combos must not overwrite the saved choices
         try:
             self.ui.modelPathLineEdit.currentPath = str(folder) if folder is not None else ""

@@ -461,7 +461,7 @@ def test_normalize_sequences_applies_one_method_per_channel() -> None:
 
 
 def test_normalization_methods_are_validated() -> None:
-    with pytest.raises(ValueError, match=r"valid types: \['none', 'percentile', 'zscore'\]"):
+    with pytest.raises(ValueError, match=r"valid types: \['none', 'percentile', 'window', 'zscore'\]"):
         normalize(np.zeros((2, 2, 2)), {"type": "minmax"})
     with pytest.raises(ValueError, match="no setting"):
         validate_normalization({"type": "percentile", "lowr": 1})

@@ -5,6 +5,8 @@ Data flow::
     files (NIfTI, NRRD, MHA/MHD, DICOM series folders)
       → read_image                      one sitk.Image per sequence (truncated files, NaN/Inf refused)
       → check_intensities               NaN/Inf, subnormal or constant sequences refused
+      → reorient                        (models with an input orientation, e.g. MONAI's
+                                        Orientationd("RAS")) voxels flipped/permuted, exactly
       → grid_with_spacing               the case grid: the reference sequence's field of view at
                                         the model's voxel spacing
       → resample_to_reference           every sequence onto the case grid
@@ -20,6 +22,9 @@ Conventions:
   3D Slicer works in RAS (x, y negated) with IJK voxel indices, i = x fastest.
 * ``Geometry`` travels with every array, so anything computed on the reference grid can be
   written back in patient space.
+* Orientation codes (``"RAS"``, ``"LPS"``, ...) name where the index axes i, j, k point, as
+  nibabel, MONAI and DICOM (and ITK's ``DICOMOrient``) write them: ``"RAS"`` = i toward the
+  patient's Right, j Anterior, k Superior (an LPS direction matrix ``diag(-1, -1, 1)``).
 """
 from __future__ import annotations
 
@@ -45,8 +50,11 @@ __all__ = [
     "sequence_key",
     "Geometry",
     "find_case_files",
+    "check_orientation",
     "grid_with_spacing",
+    "orientation_of",
     "overlap_fraction",
+    "reorient",
     "read_image",
     "read_sequences",
     "resample_to_reference",
@@ -489,6 +497,9 @@ def resample_to_reference(image: sitk.Image, reference: sitk.Image | Geometry,
     if image_geometry.same_grid(reference_geometry):
         # Already there: skip interpolation; take the reference's header so grids compare equal.
         return reference_geometry.apply_to(sitk.Image(image))
+    permuted = _permuted_onto(image, reference_geometry)
+    if permuted is not None:
+        return permuted  # the same voxels in another order: moved, not interpolated
     if overlap_fraction(image_geometry, reference_geometry) == 0.0:
         raise ValueError(f"sequence {name} does not overlap the reference grid; are they from "
                          f"the same study/registered? ({name}: {_describe_extent(image_geometry)}"
@@ -496,6 +507,71 @@ def resample_to_reference(image: sitk.Image, reference: sitk.Image | Geometry,
     resampler = _resample_filter(reference_geometry, _INTERPOLATORS[interpolation])
     resampler.SetUseNearestNeighborExtrapolator(extrapolate)
     return resampler.Execute(image)
+
+
+def _permuted_onto(image: sitk.Image, reference: Geometry) -> sitk.Image | None:
+    """``image``'s voxels reordered onto ``reference`` when ``reference`` is ``image``'s grid with its
+    index axes permuted and/or flipped (e.g. `reorient`'s output grid); else None.
+
+    Exact (voxels are moved, never interpolated), so a label map or logits go back and forth between
+    a stored grid and its reoriented grid without change.
+    """
+    if sorted(image.GetSize()) != sorted(reference.size):
+        return None
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.direction)
+    permuted = sitk.DICOMOrient(image, code)
+    if not Geometry.from_image(permuted).same_grid(reference):
+        return None
+    return reference.apply_to(permuted)
+
+
+#: Opposite ends of the three patient axes, as orientation codes spell them.
+_AXIS_LETTERS = ("LR", "PA", "IS")
+
+
+def check_orientation(code: object, what: str = "orientation") -> str | None:
+    """``code`` as a canonical orientation code (upper case, e.g. ``"RAS"``), or None for None.
+
+    A code has three letters, one from each of L/R, P/A and I/S, in any order; they name where the
+    index axes i, j, k point (see the module docstring).
+
+    Raises:
+        ValueError: anything else, naming ``what`` and the accepted form.
+    """
+    if code is None:
+        return None
+    text = code.strip().upper() if isinstance(code, str) else None
+    if text is None or len(text) != 3 or sorted(
+            next((a for a, pair in enumerate(_AXIS_LETTERS) if letter in pair), -1) for letter in text) != [0, 1, 2]:
+        raise ValueError(f"{what} must be three letters, one of each pair L/R, P/A, I/S, naming where the voxel "
+                         f"axes i, j, k point (e.g. \"RAS\"); got {code!r}")
+    return text
+
+
+def orientation_of(geometry: Geometry) -> str:
+    """The orientation code of a grid: where its index axes point most closely (e.g. ``"LPS"`` for an
+    identity direction)."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(geometry.direction)
+
+
+def reorient(image: sitk.Image, orientation: str) -> sitk.Image:
+    """The same volume with its voxels flipped and permuted so that its index axes point as
+    ``orientation`` says (e.g. ``"RAS"``), exactly, as MONAI's ``Orientationd`` and nibabel's
+    ``as_reoriented`` do. Voxel values, spacing (permuted) and physical positions are unchanged;
+    only the order in which the voxels are stored changes.
+
+    Args:
+        image: a 3D volume.
+        orientation: a code accepted by `check_orientation`.
+
+    Returns:
+        ``image`` itself when already so oriented, otherwise a new image whose direction columns
+        point as ``orientation`` says (to the nearest axis for an oblique image).
+    """
+    code = check_orientation(orientation)
+    if orientation_of(Geometry.from_image(image)) == code:
+        return image
+    return sitk.DICOMOrient(image, code)
 
 
 def grid_with_spacing(geometry: Geometry, spacing: Sequence[float], rtol: float = 0.01) -> Geometry:
@@ -538,9 +614,11 @@ def _describe_extent(geometry: Geometry) -> str:
 
 
 def read_sequences(sequences: Mapping[str, PathLike | sitk.Image], reference: str,
-                   spacing: Sequence[float] | None = None) -> tuple[np.ndarray, Geometry]:
-    """Read a patient's sequences and stack them on one grid: the reference sequence's grid, at
-    ``spacing`` when given (see ``grid_with_spacing``).
+                   spacing: Sequence[float] | None = None, orientation: str | None = None
+                   ) -> tuple[np.ndarray, Geometry]:
+    """Read a patient's sequences and stack them on one grid: the reference sequence's grid
+    (reoriented to ``orientation`` when given, see `reorient`), at ``spacing`` when given (see
+    ``grid_with_spacing``).
 
     Args:
         sequences: sequence name → file / DICOM folder path, or an already loaded ``sitk.Image``.
@@ -548,6 +626,9 @@ def read_sequences(sequences: Mapping[str, PathLike | sitk.Image], reference: st
         reference: the name of the sequence whose grid all others are resampled onto.
         spacing: the (x, y, z) voxel size in mm the stack must have (e.g. the model's target
             spacing); None keeps the reference's. A reference spacing within 1 % of it is kept.
+        orientation: where the grid's index axes must point (e.g. ``"RAS"``, the model's input
+            orientation); every sequence is reoriented (exactly) before resampling. None keeps the
+            reference's stored voxel order.
 
     Returns:
         ``(array, geometry)``: float32 array (C, D, H, W), C = ``len(sequences)``, with channel
@@ -565,6 +646,7 @@ def read_sequences(sequences: Mapping[str, PathLike | sitk.Image], reference: st
     if reference not in sequences:
         raise ValueError(f"reference sequence {reference!r} is not among the sequences "
                          f"{list(sequences)}")
+    orientation = check_orientation(orientation)
 
     def load(name: str) -> sitk.Image:
         source = sequences[name]
@@ -576,7 +658,7 @@ def read_sequences(sequences: Mapping[str, PathLike | sitk.Image], reference: st
             raise TypeError(f"sequence {name}: expected a path or sitk.Image, got {type(source)}")
         # On the stored voxels: resampling would spread a NaN and hide a constant image.
         check_intensities(sitk.GetArrayViewFromImage(image), f"sequence {name}")
-        return image
+        return image if orientation is None else reorient(image, orientation)
 
     reference_image = load(reference)
     geometry = Geometry.from_image(reference_image)

@@ -52,17 +52,29 @@ def find_optional_file(folder: Path, stems: Sequence[str]) -> Path | None:
     return matches[0] if matches else None
 
 
-def load_model(path: str | os.PathLike, build: bool = True):
-    """(package, model) — model None unless ``build`` — or a UserError saying why the package
-    cannot be used."""
+def load_model(path: str | os.PathLike, build: bool = True, **options):
+    """(package, model) — model None unless ``build`` — or a UserError saying why the model cannot
+    be used. ``path``: any layout `models.formats` reads (a .lrpmodel, an nnU-Net v2 folder, a
+    MONAI bundle); ``options``: its import options (nnU-Net ``folds``, ``mirroring``)."""
     from .models.package import load_package
 
     try:
-        package = load_package(path)
+        package = load_package(path, **options)
         model = package.build() if build else None
     except (FileNotFoundError, ValueError, ImportError) as error:
         raise UserError(f"cannot load the model package {path}: {one_line(error)}") from None
     return package, model
+
+
+def model_options(folds: Sequence[str] | None = None, mirroring: bool = True) -> dict:
+    """The import options the command line passes to `load_model` (only those given, so that a
+    .lrpmodel, which takes none, loads with the defaults)."""
+    options: dict = {}
+    if folds:
+        options["folds"] = list(folds)
+    if not mirroring:
+        options["mirroring"] = False
+    return options
 
 
 def parse_sequence_args(items: Sequence[str], expected: Sequence[str]) -> dict[str, str]:

@@ -5,6 +5,7 @@ checks it); ``normalize_sequences`` applies them to a (C, D, H, W) stack on the 
 any scale is estimated, ``check_intensities`` refuses what cannot be normalized faithfully (NaN/Inf,
 subnormal, constant sequences); z-score and percentile normalization and the Otsu foreground mask
 do not depend on the intensity unit (a sequence times any positive factor gives the same input).
+The fixed ``window`` (a CT Hounsfield window) does: it is for images in a calibrated unit.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ NORMALIZATION_TYPES: dict[str, dict[str, Any]] = {
     "zscore": {"mask": "foreground", "foreground_threshold": "otsu"},
     "percentile": {"lower": 0.5, "upper": 99.5, "range": [0.0, 1.0], "mask": "none",
                    "foreground_threshold": "otsu"},
+    # low and high have no default: a window is chosen for the model (e.g. HU -57..164 for spleen CT).
+    "window": {"low": None, "high": None, "range": [0.0, 1.0], "clip": True},
     "none": {},
 }
 
@@ -34,12 +37,20 @@ def validate_normalization(method: Mapping[str, Any]) -> dict[str, Any]:
 
     Methods:
 
-    * ``{"type": "zscore", "mask": "foreground" | "none", "foreground_threshold": "otsu" | t}``:
+    * ``{"type": "zscore", "mask": "foreground" | "none" | "nonzero", "foreground_threshold": "otsu" | t}``:
       subtract the mean and divide by the standard deviation, both computed inside the mask
-      (see ``foreground_mask``) and applied to every voxel.
+      (see ``foreground_mask``) and applied to every voxel; with ``"nonzero"`` both are computed
+      over the voxels != 0 and only those are normalized, zeros stay 0 (MONAI's
+      ``NormalizeIntensity(nonzero=True)``, e.g. skull-stripped MRI).
     * ``{"type": "percentile", "lower": 0.5, "upper": 99.5, "range": [0, 1], "mask": ...}``:
       clip to the lower/upper percentiles (of the masked voxels) and rescale linearly so they
       map to ``range``.
+    * ``{"type": "window", "low": a, "high": b, "range": [0, 1], "clip": true}``: a fixed
+      intensity window, e.g. Hounsfield units for CT: ``a`` maps to ``range[0]``, ``b`` to
+      ``range[1]``, linearly; with ``clip`` values outside are clipped to ``range`` (MONAI's
+      ``ScaleIntensityRange(a_min=a, a_max=b, b_min=range[0], b_max=range[1], clip=...)``).
+      No statistics: it does not adapt to the image, so the intensities must be in the unit the
+      window was chosen for.
     * ``{"type": "none"}``: values unchanged (as float32).
 
     Raises:
@@ -60,8 +71,9 @@ def validate_normalization(method: Mapping[str, Any]) -> dict[str, Any]:
                          f"{sorted(defaults)}")
     complete: dict[str, Any] = {"type": kind, **defaults, **method}
 
-    if "mask" in complete and complete["mask"] not in ("foreground", "none"):
-        raise ValueError(f"normalization mask must be 'foreground' or 'none', "
+    masks = ("foreground", "none", "nonzero") if kind == "zscore" else ("foreground", "none")
+    if "mask" in complete and complete["mask"] not in masks:
+        raise ValueError(f"normalization mask must be 'foreground' or 'none' (zscore also 'nonzero'), "
                          f"got {complete['mask']!r}")
     if "foreground_threshold" in complete:
         threshold = complete["foreground_threshold"]
@@ -83,7 +95,31 @@ def validate_normalization(method: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"percentile range must be [low, high] with low < high, "
                              f"got {complete['range']!r}")
         complete.update(lower=lower, upper=upper, range=value_range)
+    if kind == "window":
+        complete.update(_validate_window(complete))
     return complete
+
+
+def _validate_window(method: Mapping[str, Any]) -> dict[str, Any]:
+    """low, high, range and clip of a ``window`` method, checked and as plain floats/bool."""
+    def finite(value: Any, what: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"window normalization needs a finite number {what}, got {value!r}")
+        return float(value)
+
+    low, high = finite(method["low"], "low"), finite(method["high"], "high")
+    if not low < high:
+        raise ValueError(f"window normalization needs low < high (the intensities mapped to range[0] and "
+                         f"range[1]), got low={low:g}, high={high:g}")
+    value_range = method["range"]
+    if isinstance(value_range, (str, Mapping)) or not isinstance(value_range, Sequence) or len(value_range) != 2:
+        raise ValueError(f"window range must be [low, high], got {value_range!r}")
+    value_range = [finite(v, "in range") for v in value_range]
+    if not value_range[0] < value_range[1]:
+        raise ValueError(f"window range must be [low, high] with low < high, got {method['range']!r}")
+    if not isinstance(method["clip"], bool):
+        raise ValueError(f"window clip must be true or false, got {method['clip']!r}")
+    return {"low": low, "high": high, "range": value_range}
 
 
 def check_finite(array: np.ndarray, name: str) -> None:
@@ -174,11 +210,19 @@ def normalize(array: np.ndarray, method: Mapping[str, Any], name: str = "image")
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"{name}: expected a (D, H, W) array, got shape {array.shape}")
-    check_intensities(array, name, constant_ok=method["type"] == "none")
+    check_intensities(array, name, constant_ok=method["type"] in ("none", "window"))
     if method["type"] == "none":
         return array.astype(np.float32)
     values = array.astype(np.float64)
-    if method["mask"] == "foreground":
+    if method["type"] == "window":
+        low, high = method["range"]
+        scaled = (values - method["low"]) / (method["high"] - method["low"]) * (high - low) + low
+        return (np.clip(scaled, low, high) if method["clip"] else scaled).astype(np.float32)
+    if method["mask"] == "nonzero":
+        mask = values != 0
+        statistics_values = values[mask]
+        where = "among the non-zero voxels"
+    elif method["mask"] == "foreground":
         mask = foreground_mask(values, method["foreground_threshold"])
         statistics_values = values[mask]
         where = f"inside the foreground mask (threshold {method['foreground_threshold']!r})"
@@ -194,6 +238,8 @@ def normalize(array: np.ndarray, method: Mapping[str, Any], name: str = "image")
         if std == 0.0:
             raise ValueError(f"{name} is constant {where} (value {mean:g}); z-score is undefined "
                              f"— use mask 'none' or another normalization")
+        if method["mask"] == "nonzero":  # zeros (outside the mask) stay 0
+            return np.where(mask, (values - mean) / std, 0.0).astype(np.float32)
         return ((values - mean) / std).astype(np.float32)
 
     # percentile

@@ -1,6 +1,6 @@
 """One case through the whole data flow, shared by the CLI, the demo and the Slicer module:
 
-    sequences → one grid (the reference sequence's, at the model's spacing) → normalized network input
+    sequences → one grid (the reference sequence's, in the model's orientation, at its spacing) → network input
       → prediction (whole volume or Gaussian-blended sliding windows)
       → region A (a mask, the predicted class, TP/FN/FP against a reference label, or each lesion)
       → explanation (exact M_A, shares) and the sequence-composition map
@@ -43,7 +43,7 @@ class Case:
     Attributes:
         name: case identifier (used in file names and cohort tables).
         images: (C, D, H, W) float32 raw intensities on the case grid, in the model's order.
-        geometry: the case grid: the reference sequence's field of view at the model's spacing.
+        geometry: the case grid: the reference sequence's field of view in the model's orientation, at its spacing.
         sequences: C sequence names.
         reference_label: optional (D, H, W) uint8 ground truth on the same grid (for TP/FN/FP).
         source_geometry: the reference sequence's own grid, where a label map goes back to (see
@@ -67,11 +67,14 @@ def load_case(sources: Mapping[str, PathLike | sitk.Image] | PathLike, package: 
     """Read a case: a mapping sequence name → file/DICOM folder/image, or a case folder holding one
     file per sequence (matched by name, see `imaging.find_case_files`).
 
-    The case grid is the package's reference sequence's grid, at the package's target spacing when
-    the reference's differs by more than 1 % (same centre, direction and field of view; see
-    `imaging.grid_with_spacing`): the network sees voxels of the size it was trained on. Every
-    sequence is resampled onto it linearly, a reference label with nearest-neighbour interpolation.
-    The reference's own grid is kept as ``Case.source_geometry``.
+    The case grid is the package's reference sequence's grid, with its voxels flipped/permuted into
+    the package's ``orientation`` when it has one (as MONAI's ``Orientationd`` does; exact, see
+    `imaging.reorient`), at the package's target spacing when the reference's differs by more than
+    1 % (same centre, direction and field of view; see `imaging.grid_with_spacing`): the network
+    sees voxels of the size and in the order it was trained on. Every sequence is reoriented and
+    resampled onto it linearly, a reference label with nearest-neighbour interpolation (moved
+    exactly when only the orientation differs). The reference's own grid, as stored, is kept as
+    ``Case.source_geometry``.
 
     Raises:
         ValueError: sequences that do not match the package (names say which), unreadable images,
@@ -88,7 +91,8 @@ def load_case(sources: Mapping[str, PathLike | sitk.Image] | PathLike, package: 
     # Loaded here (read_sequences checks them) to keep the reference's own grid.
     loaded = {s: sources[s] if isinstance(sources[s], sitk.Image) else read_image(sources[s])
               for s in package.sequences}
-    images, geometry = read_sequences(loaded, package.reference_sequence, spacing=package.target_spacing)
+    images, geometry = read_sequences(loaded, package.reference_sequence, spacing=package.target_spacing,
+                                      orientation=package.orientation)
     source_geometry = Geometry.from_image(loaded[package.reference_sequence])
     label = None
     if reference_label is not None:
@@ -132,7 +136,8 @@ def check_class_values(values: np.ndarray, class_names: list[str], what: str = "
 def labels_on_source_grid(case: Case, logits: np.ndarray) -> np.ndarray:
     """The label map on the reference sequence's own grid (``case.source_geometry``), as nnU-Net
     exports it: the logits (K, D, H, W) on the case grid are resampled linearly (nearest value past
-    their border) and the argmax is taken there, so boundaries are interpolated, not blocky.
+    their border) and the argmax is taken there, so boundaries are interpolated, not blocky. When the
+    grids differ only in orientation, the logits are moved voxel for voxel (exact).
 
     Returns:
         (D, H, W) uint8 labels on ``case.source_geometry``; on the case grid itself when it was not

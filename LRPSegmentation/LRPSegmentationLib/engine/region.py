@@ -157,6 +157,10 @@ def check_logits(logits: torch.Tensor) -> torch.Tensor:
 def _check_model_and_input(model: nn.Module, x: torch.Tensor) -> torch.dtype:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):  # its graph cannot be traced module by module
+        raise ValueError("the model is a TorchScript module, which LRP cannot trace; use the network's Python "
+                         "class: load the state dict into it (model.load_state_dict(torch.jit.load(path)."
+                         "state_dict())), register the class and create a package (create_package)")
     if model.training:
         raise ValueError("the model is in training mode (dropout/batch-norm statistics change the map); "
                          "call model.eval() first")

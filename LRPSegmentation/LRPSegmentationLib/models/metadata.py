@@ -2,7 +2,9 @@
 
 The one parser of the package description: `models.package.load_package` builds a `ModelPackage`
 from it (after checking the weights), and the Slicer module reads it to show one volume selector
-per sequence before torch is installed. Here the file's *structure* is checked (format and version,
+per sequence before torch is installed. `read_description` also describes the other layouts
+`models.formats` reads (nnU-Net v2 folders, MONAI bundles); `read_package_description` reads a
+``.lrpmodel`` only. Here the file's *structure* is checked (format and version,
 every section with exactly its keys); the *values* are checked where they are used
 (`ModelPackage` validates and canonicalizes every field).
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, Union
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PACKAGE_SUFFIX", "METADATA_FILE", "WEIGHTS_FILE", "PackageDescription",
-           "check_names", "package_files", "read_description"]
+           "check_names", "package_files", "read_description", "read_package_description"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -58,9 +60,10 @@ def check_keys(value: Any, label: str, required: set[str], optional: frozenset[s
         raise ValueError(f"{label}: missing key(s) {missing}, unknown key(s) {unknown}")
 
 
-def _section(meta: dict[str, Any], key: str, required: set[str], file: Path) -> dict[str, Any]:
-    """``meta[key]``, an object with exactly the ``required`` keys."""
-    check_keys(meta[key], f"{file}: '{key}'", required)
+def _section(meta: dict[str, Any], key: str, required: set[str], file: Path,
+             optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``meta[key]``, an object with all the ``required`` keys and no others than ``optional``."""
+    check_keys(meta[key], f"{file}: '{key}'", required, optional)
     return meta[key]
 
 
@@ -105,8 +108,9 @@ class PackageDescription:
 
     Attributes mirror `ModelPackage`'s fields (``sequences``, ``normalization``, ``class_names``,
     ``class_colors``, ``reference_sequence``, ``target_spacing``, ``patch_size``, ``overlap``,
-    ``composite``, ``box_low``, ``box_high``, ...); ``path`` is the package folder (as a string, so
-    the Slicer module can store it) and ``weights`` the ``weights`` section (file, sha256, parameters).
+    ``composite``, ``box_low``, ``box_high``, ``orientation``, ...); ``path`` is the package folder
+    (as a string, so the Slicer module can store it) and ``weights`` the ``weights`` section (file,
+    sha256, parameters).
     """
 
     path: str
@@ -127,9 +131,25 @@ class PackageDescription:
     weights: dict[str, Any]
     description: Any = ""
     training_info: Any = field(default_factory=dict)
+    orientation: Any = None
 
 
 def read_description(path: PathLike) -> PackageDescription:
+    """What the model at ``path`` says, in any format `models.formats` reads: a ``.lrpmodel`` folder
+    (or its ``model.json``), an nnU-Net v2 trained-model folder or a MONAI bundle folder.
+    Torch-free.
+
+    Raises:
+        FileNotFoundError: no model there (the message names the accepted layouts).
+        ValueError: not our format, a newer format version, sections with missing or unknown keys,
+            or a folder of another format that cannot be imported (the message says why).
+    """
+    from .formats import describe
+
+    return describe(path)
+
+
+def read_package_description(path: PathLike) -> PackageDescription:
     """Read and structure-check a package's ``model.json`` (``path``: the folder or the file).
 
     Raises:
@@ -139,7 +159,9 @@ def read_description(path: PathLike) -> PackageDescription:
     folder, file = package_files(path)
     meta = read_metadata(file)
     arch = _section(meta, "architecture", {"name", "kwargs"}, file)
-    inputs = _section(meta, "input", {"sequences", "reference_sequence", "target_spacing_mm"}, file)
+    # "orientation" came after format version 1's first files: absent = null (stored voxel order).
+    inputs = _section(meta, "input", {"sequences", "reference_sequence", "target_spacing_mm"}, file,
+                      frozenset({"orientation"}))
     output = _section(meta, "output", {"classes"}, file)
     inference = _section(meta, "inference", {"patch_size", "overlap"}, file)
     lrp = _section(meta, "lrp", {"composite", "box_low", "box_high"}, file)
@@ -163,4 +185,5 @@ def read_description(path: PathLike) -> PackageDescription:
         class_names=[c["name"] for c in classes], class_colors=[c["color"] for c in classes],
         patch_size=inference["patch_size"], overlap=inference["overlap"], composite=lrp["composite"],
         box_low=lrp["box_low"], box_high=lrp["box_high"], weights=weights,
-        description=meta.get("description", ""), training_info=meta.get("training_info", {}))
+        description=meta.get("description", ""), training_info=meta.get("training_info", {}),
+        orientation=inputs.get("orientation"))

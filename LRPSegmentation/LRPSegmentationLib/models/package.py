@@ -22,7 +22,8 @@ the file is ever imported. A package whose architecture is not registered cannot
       "input": {
         "sequences": [{"name": "T2", "normalization": {"type": "zscore", ...}}, ...],   in channel order
         "reference_sequence": "T1-15min",                grid every sequence is resampled onto
-        "target_spacing_mm": [x, y, z]                   the reference is resampled to this first
+        "target_spacing_mm": [x, y, z],                  the reference is resampled to this first
+        "orientation": "RAS" | null                      optional; see below
       },
       "output": {"classes": [{"name": "background", "color": [r, g, b]}, ...]},   colours in 0..1
       "inference": {"patch_size": [D, H, W], "overlap": 0.5},                    sliding window
@@ -33,6 +34,11 @@ the file is ever imported. A package whose architecture is not registered cannot
 
 ``model.json`` is read by `metadata.read_description` (torch-free; the Slicer module reads it too),
 which checks its structure; `ModelPackage` checks the values.
+
+``input.orientation`` is where the network's voxel axes i, j, k point (``"RAS"``: toward the
+patient's Right, Anterior, Superior; three letters, one of each of L/R, P/A, I/S, as nibabel and
+MONAI's ``Orientationd`` write them): every image is flipped/permuted into it before resampling
+(`imaging.reorient`). Null or absent keeps each image's stored voxel order.
 
 Normalization methods are those of ``normalization.validate_normalization`` and are stored complete
 (defaults filled in), so a later change of defaults cannot silently change a package. Box bounds
@@ -58,13 +64,14 @@ import torch
 from torch import nn
 
 from ..engine import COMPOSITES, DEFAULT_COMPOSITE, Composite, make_composite
+from ..imaging import check_orientation
 from ..normalization import validate_normalization
 from ..vocabulary import DEFAULT_CLASS_COLORS
 from .metadata import (FORMAT, FORMAT_VERSION, METADATA_FILE, PACKAGE_SUFFIX, WEIGHTS_FILE, check_names,
-                       read_description)
+                       read_package_description)
 from .registry import build_architecture, build_on_meta
 
-__all__ = ["ModelPackage", "create_package", "load_package"]
+__all__ = ["ModelPackage", "create_package", "load_package", "read_package"]
 
 PathLike = Union[str, os.PathLike]
 #: How many keys an error message lists per kind of weight mismatch.
@@ -256,6 +263,8 @@ class ModelPackage:
         box_low, box_high: per-sequence z^B bounds (C floats) or None (each sequence's input range).
         description: free text.
         training_info: free JSON object (data, epochs, validation Dice, ...).
+        orientation: where the network's voxel axes point, e.g. ``"RAS"`` (`imaging.check_orientation`):
+            every image is reoriented into it first; None keeps each image's stored voxel order.
     """
 
     name: str
@@ -275,6 +284,7 @@ class ModelPackage:
     box_high: list[float] | None = None
     description: str = ""
     training_info: dict[str, Any] = field(default_factory=dict)
+    orientation: str | None = None
 
     def __post_init__(self) -> None:
         self._canonicalize()
@@ -340,6 +350,7 @@ class ModelPackage:
         if not isinstance(self.training_info, Mapping):
             raise ValueError(f"training_info must be a dict, got {type(self.training_info).__name__}")
         self.training_info = _json_value(dict(self.training_info), "training_info")
+        self.orientation = check_orientation(self.orientation, "orientation")
         self.state_dict = _state_dict(self.state_dict)
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -501,6 +512,7 @@ class ModelPackage:
                 "sequences": [{"name": s, "normalization": n} for s, n in zip(self.sequences, self.normalization)],
                 "reference_sequence": self.reference_sequence,
                 "target_spacing_mm": list(self.target_spacing),
+                **({"orientation": self.orientation} if self.orientation is not None else {}),
             },
             "output": {"classes": [{"name": n, "color": list(c)} for n, c in zip(self.class_names, self.class_colors)]},
             "inference": {"patch_size": list(self.patch_size), "overlap": self.overlap},
@@ -561,22 +573,34 @@ class ModelPackage:
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
-def load_package(path: PathLike, check: bool = True) -> ModelPackage:
-    """Read a package folder written by `ModelPackage.save` (or its ``model.json``).
+def load_package(path: PathLike, check: bool = True, **options: Any) -> ModelPackage:
+    """The model at ``path`` as a `ModelPackage`, in any layout `formats` reads: a package folder
+    written by `ModelPackage.save` (or its ``model.json``), an nnU-Net v2 trained-model folder, or
+    a MONAI bundle folder (the format is detected).
 
-    Nothing in the package is executed: JSON metadata, safetensors weights, and the architecture
-    looked up by name in the registry.
+    Nothing in the folder is executed: JSON metadata, safetensors weights (checkpoints of other
+    formats with ``torch.load(weights_only=True)``), and the architecture looked up by name in the
+    registry.
 
     Args:
-        path: the ``<name>.lrpmodel`` folder, or the ``model.json`` inside it.
+        path: the ``<name>.lrpmodel`` folder or its ``model.json``, or another format's folder.
         check: also run `ModelPackage.check_architecture` (cheap: shapes only).
+        **options: import options of other formats, e.g. nnU-Net ``folds=[0, 1]``, ``mirroring=False``.
 
     Raises:
-        FileNotFoundError: no package there.
+        FileNotFoundError: no model there (the message names the accepted layouts).
         ValueError: malformed or newer-format metadata, a weights file that is corrupt or fails its
-            checksum, an unknown architecture, or weights that do not fit the architecture.
+            checksum, an unknown architecture, weights that do not fit the architecture, a single
+            TorchScript/ONNX file, or a folder of another format that cannot be imported.
     """
-    description = read_description(path)
+    from .formats import load
+
+    return load(path, check=check, **options)
+
+
+def read_package(path: PathLike, check: bool = True) -> ModelPackage:
+    """Read a package folder written by `ModelPackage.save` (or its ``model.json``); see `load_package`."""
+    description = read_package_description(path)
     folder, weights = Path(description.path), description.weights
     file = folder / METADATA_FILE
     if weights["file"] != WEIGHTS_FILE:  # a fixed name: the file never chooses what is read
@@ -604,7 +628,8 @@ def load_package(path: PathLike, check: bool = True) -> ModelPackage:
             target_spacing=description.target_spacing, class_names=description.class_names,
             class_colors=description.class_colors, patch_size=description.patch_size, overlap=description.overlap,
             composite=description.composite, box_low=description.box_low, box_high=description.box_high,
-            description=description.description, training_info=description.training_info, state_dict=state_dict)
+            description=description.description, training_info=description.training_info,
+            orientation=description.orientation, state_dict=state_dict)
     except ValueError as error:
         raise ValueError(f"{file}: {error}") from None
     if check:
@@ -619,7 +644,7 @@ def create_package(model: nn.Module, architecture: str, architecture_kwargs: Map
                    class_colors: Sequence[Sequence[float]] | None = None, overlap: float = 0.5,
                    composite: str = DEFAULT_COMPOSITE, box_low: Sequence[float] | None = None,
                    box_high: Sequence[float] | None = None, description: str = "",
-                   training_info: Mapping[str, Any] | None = None) -> ModelPackage:
+                   training_info: Mapping[str, Any] | None = None, orientation: str | None = None) -> ModelPackage:
     """Package a trained network (a copy of its weights) with its metadata; see `ModelPackage`.
 
     ``architecture(**architecture_kwargs)`` must rebuild ``model``'s structure: this is checked
@@ -647,7 +672,7 @@ def create_package(model: nn.Module, architecture: str, architecture_kwargs: Map
         sequences=list(sequences), normalization=normalization, class_names=list(class_names),
         target_spacing=target_spacing, patch_size=patch_size, reference_sequence=reference_sequence,
         class_colors=class_colors, overlap=overlap, composite=composite, box_low=box_low, box_high=box_high,
-        description=description, training_info=dict(training_info or {}),
+        description=description, training_info=dict(training_info or {}), orientation=orientation,
         # A copy: later training steps on `model` must not change the package.
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     package.check_architecture()

@@ -9,8 +9,16 @@ Built-in names:
   ``base_channels``, ``depth``.
 - ``"monai.UNet"``, ``"monai.BasicUNet"``, ``"monai.DynUNet"``: MONAI networks (see
   ``monai_nets``), available when MONAI is installed (``pip install monai``).
+- ``"nnunet.ensemble"``: an nnU-Net v2 fold ensemble with mirroring (`nnunet_ensemble`), available
+  when dynamic_network_architectures is installed.
+- ``"monai_bundle.network"``: a MONAI bundle's ``monai.*`` network fed (z, y, x) arrays
+  (`monai_bundle.build_bundle_network`).
 
-Any other network the engine can explain can be added with `register_architecture`.
+Any other network the engine can explain can be added with `register_architecture`, or by an
+installed Python package through the entry-point group ``lrpsegmentation.architectures``
+(``name = "module:builder"`` in its ``pyproject.toml``): such plugins are imported only when their
+name is asked for (`get_builder`), and one that fails to import gives a one-line error naming its
+entry point without affecting any other architecture.
 
 Every network is first built on PyTorch's "meta" device (no memory) and refused when it would have
 more than ``limits.MAX_PARAMETERS`` values, so that a package's arguments can never make the tool
@@ -18,6 +26,7 @@ allocate an absurd network; the built-in builders also check their arguments' ra
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from typing import Any, Callable
 
@@ -26,6 +35,8 @@ from torch import nn
 
 from . import monai_nets
 from .limits import MAX_PARAMETERS
+from .monai_bundle import build_bundle_network
+from .nnunet_ensemble import NNUNetEnsemble
 from .unet3d import UNet3D
 
 #: A builder takes the architecture's keyword arguments and returns a new (randomly initialized)
@@ -33,15 +44,59 @@ from .unet3d import UNet3D
 Builder = Callable[..., nn.Module]
 
 _BUILTIN: dict[str, Builder] = {"unet3d": UNet3D}
+_BUILTIN["nnunet.ensemble"] = NNUNetEnsemble  # needs dynamic_network_architectures when built
+_BUILTIN["monai_bundle.network"] = build_bundle_network  # a MONAI bundle's network (needs MONAI when built)
 _registry: dict[str, Builder] = dict(_BUILTIN)
+
+#: Entry-point group of architecture plugins: ``name = "module:builder"``.
+ENTRY_POINT_GROUP = "lrpsegmentation.architectures"
+
+
+def _plugin_entry_points() -> list:
+    """The installed entry points of `ENTRY_POINT_GROUP` (not loaded), built-in names excluded."""
+    from importlib.metadata import entry_points
+
+    return [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in _BUILTIN
+            and ep.name not in monai_nets.MONAI_BUILDERS and not ep.name.startswith("monai.")]
+
+
+def _load_plugin(name: str) -> Builder | None:
+    """Import and register the builder an installed package provides for ``name``; None if none does.
+
+    Raises:
+        ValueError: the plugin's module or builder cannot be loaded, or is not callable (one line
+            naming the entry point and its distribution).
+    """
+    for entry_point in _plugin_entry_points():
+        if entry_point.name != name:
+            continue
+        where = f"entry point {name} = {entry_point.value!r} (group {ENTRY_POINT_GROUP}"
+        dist = getattr(entry_point, "dist", None)
+        where += f", package {dist.name})" if dist is not None else ")"
+        try:
+            builder = entry_point.load()
+        except Exception as error:  # noqa: BLE001 — any failure of foreign code: name the plugin
+            message = " ".join(str(error).split()) or type(error).__name__
+            raise ValueError(f"architecture {name!r} comes from a plugin that cannot be loaded: {where}: "
+                             f"{type(error).__name__}: {message}") from None
+        if not callable(builder):
+            raise ValueError(f"architecture {name!r}: {where} is {type(builder).__name__}, not a builder "
+                             "(a class or function returning an nn.Module)")
+        _registry[name] = builder
+        return builder
+    return None
 
 
 def available_architectures() -> list[str]:
     """The names `build_architecture` accepts right now, sorted.
 
-    MONAI names are included only when MONAI can be imported.
+    MONAI names are included only when MONAI can be imported, ``"nnunet.ensemble"`` only when
+    dynamic_network_architectures is installed; plugin names (entry points of
+    `ENTRY_POINT_GROUP`) are listed without importing the plugins.
     """
-    names = set(_registry)
+    names = set(_registry) | {ep.name for ep in _plugin_entry_points()}
+    if importlib.util.find_spec("dynamic_network_architectures") is None:  # looked up, not imported
+        names.discard("nnunet.ensemble")
     if monai_nets.monai_available():
         names.update(monai_nets.MONAI_BUILDERS)
     return sorted(names)
@@ -90,9 +145,13 @@ def unregister_architecture(name: str) -> None:
 def get_builder(name: str) -> Builder:
     """The builder registered under ``name``.
 
+    A name registered by no one is looked up among the installed plugins (`ENTRY_POINT_GROUP`),
+    whose builder is then imported and registered.
+
     Raises:
-        ValueError: unknown name (the message lists the known ones), or a ``monai.*`` name while
-            MONAI is not installed (the message says how to install it).
+        ValueError: unknown name (the message lists the known ones), a ``monai.*`` name while
+            MONAI is not installed (the message says how to install it), or a plugin that cannot
+            be loaded (the message names its entry point).
     """
     if name in _registry:
         return _registry[name]
@@ -102,6 +161,9 @@ def get_builder(name: str) -> Builder:
                              "pip install monai  (or pip install 'lrpsegmentation[monai]')")
         monai_nets.nets()  # import MONAI here, never first inside `build_on_meta`'s meta-device context
         return monai_nets.MONAI_BUILDERS[name]
+    plugin = _load_plugin(name) if isinstance(name, str) else None
+    if plugin is not None:
+        return plugin
     hint = ""
     if isinstance(name, str) and name.startswith("monai."):
         hint = f" (MONAI architectures: {', '.join(sorted(monai_nets.MONAI_BUILDERS))})"
@@ -109,7 +171,8 @@ def get_builder(name: str) -> Builder:
             hint += "; MONAI is not installed: pip install monai"
     raise ValueError(f"unknown architecture {name!r}; known architectures: "
                      f"{', '.join(available_architectures())}{hint}. "
-                     "Add your own with register_architecture(name, builder).")
+                     "Add your own with register_architecture(name, builder) or an installed package's "
+                     f"'{ENTRY_POINT_GROUP}' entry point.")
 
 
 def _call(name: str, builder: Builder, kwargs: dict[str, Any]) -> nn.Module:

@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from ..imaging import Geometry, grid_with_spacing
+from ..imaging import Geometry, check_orientation, grid_with_spacing, orientation_of
 from ..normalization import normalize_sequences
 from . import mrml, publish
 from .compute import ExplainRequest, InputStack, compute_explanation, compute_labels, load_model
 from .jobs import CancelCallback, ProgressCallback, check_cancel, report
 
-__all__ = ["check_inputs", "check_reference_spacing", "explain", "find_volume_by_name", "prepare_explain",
-           "prepare_inputs", "read_package_info", "region_mask", "segment", "update_region"]
+__all__ = ["check_inputs", "check_reference_orientation", "check_reference_spacing", "explain", "find_volume_by_name",
+           "prepare_explain", "prepare_inputs", "read_package_info", "region_mask", "segment", "update_region"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,6 +82,7 @@ def prepare_inputs(input_nodes: Sequence[Any], reference_node: Any, package: Any
     if reference_node is None:
         raise ValueError("no reference volume selected: the outputs are created on its grid")
     check_reference_spacing(reference_node, package)
+    check_reference_orientation(reference_node, package)
     stacked = mrml.arrays_on_reference(input_nodes, reference_node, names)
     methods = getattr(package, "normalization", None)
     if methods:
@@ -109,6 +110,32 @@ def check_reference_spacing(reference_node: Any, package: Any) -> None:
         raise ValueError(f"the reference volume's voxels are {have} mm, the model was trained at {want} mm: "
                          "resample the reference volume to the model's spacing (module Resample Scalar Volume) "
                          "and select the resampled volume as reference")
+
+
+def check_reference_orientation(reference_node: Any, package: Any) -> None:
+    """Refuse a reference volume whose voxel axes do not point as the model's input orientation says.
+
+    The command line flips/permutes such a case into the model's orientation (`pipeline.load_case`,
+    `imaging.reorient`); the module creates its outputs on the reference volume's own grid, so here
+    the network would see the voxels flipped or permuted and segment silently wrong.
+
+    Raises:
+        ValueError: naming both orientations and how to reorient the reference.
+    """
+    # The module passes the model's description (read, not validated): canonicalize here.
+    wanted = check_orientation(getattr(package, "orientation", None), "the model's input orientation")
+    if wanted is None:
+        return
+    geometry = Geometry.from_ijk_to_ras(mrml.ijk_to_ras_matrix(reference_node), mrml.volume_shape(reference_node))
+    have = orientation_of(geometry)
+    if have != wanted:
+        toward = ", ".join(_DIRECTIONS[letter] for letter in wanted)
+        raise ValueError(f"the model expects volumes whose voxel axes I, J, K point {wanted} (toward {toward}), the "
+                         f"reference volume's point {have}: reorient it (module Orient Scalar Volume) and select the "
+                         "reoriented volume as reference")
+
+
+_DIRECTIONS = {"R": "Right", "L": "Left", "A": "Anterior", "P": "Posterior", "S": "Superior", "I": "Inferior"}
 
 
 def region_mask(segmentation_node: Any, segment_id: str, reference_node: Any) -> np.ndarray:

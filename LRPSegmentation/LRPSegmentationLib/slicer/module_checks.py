@@ -106,8 +106,8 @@ def _raises(expected: type[BaseException], match: str, function: Callable[[], An
 
 def check_network(scene: Any, say: Callable[[str], Any] = print) -> None:
     """Segment, explain and repaint with a tiny random 3D U-Net on generated volumes (needs torch):
-    one input on another grid, an empty and a missing input named, a cancelled run leaving nothing,
-    the cross-check column, shares without a new LRP pass, the "this lesion" shortcut.
+    one input on another grid, a model's input orientation checked, an empty and a missing input named,
+    a cancelled run leaving nothing, the cross-check column, shares without a new LRP pass, the "this lesion" shortcut.
 
     Raises:
         AssertionError: naming the first check that failed.
@@ -139,6 +139,14 @@ def check_network(scene: Any, say: Callable[[str], Any] = print) -> None:
                              name="self-test")
     segmentation = logic.segment(scene, inputs, reference, package, "cpu")
     _check(segmentation.GetSegmentation().GetNumberOfSegments() == 1, "one segment per foreground class")
+
+    say("A model with an input orientation takes a reference volume stored in it, refuses another")
+    package.orientation = "RAS"  # the reference's IJKToRAS is a positive diagonal: I → R, J → A, K → S
+    _check(logic.prepare_inputs(inputs, reference, package).array.shape[1:] == shape, "a RAS reference is taken")
+    package.orientation = "LPS"
+    _raises(ValueError, "reorient it (module Orient Scalar Volume)", lambda: logic.prepare_inputs(inputs, reference,
+                                                                                               package))
+    package.orientation = None
 
     regions = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "regions")
     regions.CreateDefaultDisplayNodes()
