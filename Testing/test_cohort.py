@@ -76,6 +76,17 @@ def test_evaluate_case_from_python_is_what_the_command_writes(data, capfd, tmp_p
         region["perturbation"]["morf"]["scores"][0] - sum(region["perturbation"]["morf"]["scores"]) / 3)
     assert sum(region["shares"].values()) == pytest.approx(1.0, abs=1e-4)
     assert result.report["ablation"]["truth"] == "reference label"
+    # the decision shares: the untrained network calls no voxel of the mask "tumour", so there is no
+    # decision to share (a note, not an error); for "background" there is
+    assert region["shapley"] is None and any("no decision margin" in n for n in result.report["notes"])
+    background = evaluation_report.evaluate_case(case, model, package, {"mask": mask}, Target(0), steps=1,
+                                                 patch=(8, 8, 8)).report["regions"]["mask"]
+    decision = background["shapley"]
+    assert set(decision["values"]) == set(SEQUENCES) and decision["method"] == "exact"
+    assert sum(decision["values"].values()) == pytest.approx(decision["margin_all"] - decision["margin_none"])
+    assert sum(decision["shares"].values()) == pytest.approx(1.0)
+    assert decision["lrp_positive_shares"] == pytest.approx(background["positive_shares"])
+    assert -1.0 <= decision["spearman_lrp_vs_shapley"] <= 1.0
     folder = evaluation_report.write_evaluation(result, tmp_path / "python")
     assert sorted(p.name for p in folder.iterdir()) == ["ablation.csv", "evaluation.json", "evaluation_mask.png",
                                                         "perturbation_mask.csv"]
@@ -91,3 +102,34 @@ def test_evaluate_case_from_python_is_what_the_command_writes(data, capfd, tmp_p
         json.loads((folder / "evaluation.json").read_text())
     for name in ("ablation.csv", "perturbation_mask.csv"):
         assert (tmp_path / "command" / name).read_text() == (folder / name).read_text()
+
+
+def test_cohort_decision_shares_stand_beside_the_lrp_shares(data, tmp_path):
+    """``shapley=True``: each case's rows get its regions' decision shares (summing to 1 per region,
+    as the case's shapley.json says), the summary their mean per sequence, the chart a second panel."""
+    import numpy as np
+
+    output = tmp_path / "out"
+    settings = cohort.CohortSettings(model=data["model"], output=str(output), regions=("predicted", "mask"), target=0,
+                                     shapley=True)  # the untrained network calls every voxel 0: a decision
+    specs = cohort.read_cohort_cases(data["cohort"], SEQUENCES)[:2]
+    statuses = [cohort.run_case(spec, settings) for spec in specs]
+    assert [s["status"] for s in statuses] == ["done", "done"], statuses
+    for status in statuses:
+        saved = json.loads((output / "cases" / status["case"] / "shapley.json").read_text())
+        assert set(saved) == {"predicted", "mask"}
+        for region, report in saved.items():
+            rows = [r for r in status["rows"] if r["region"] == region]
+            assert [r["shapley_share"] for r in rows] == pytest.approx([report["shares"][s] for s in SEQUENCES])
+            assert sum(report["values"].values()) == pytest.approx(report["margin_all"] - report["margin_none"])
+            assert sum(r["shapley_share"] for r in rows) == pytest.approx(1.0, abs=1e-9)
+    summary = cohort.write_cohort_outputs(output, statuses, SEQUENCES, settings)
+    for sequence in SEQUENCES:
+        expected = np.mean([r["shapley_share"] for s in statuses for r in s["rows"]
+                            if r["region"] == "predicted" and r["sequence"] == sequence])
+        assert summary["summary"]["predicted"][sequence]["mean_shapley_share"] == pytest.approx(expected)
+        assert summary["summary"]["predicted"][sequence]["n_shapley"] == 2
+    table = _read_rows(output / "cohort_shares.csv")
+    assert float(table[0]["shapley_share"]) == pytest.approx(statuses[0]["rows"][0]["shapley_share"])
+    assert summary["settings"]["shapley"] is True
+    assert (output / "cohort_shares_predicted.png").stat().st_size > 0

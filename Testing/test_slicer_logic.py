@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 vtk = pytest.importorskip("vtk")
 
-from LRPSegmentationLib import engine, regions  # noqa: E402
+from LRPSegmentationLib import engine, regions, vocabulary  # noqa: E402
 from LRPSegmentationLib.slicer import compute, jobs, logic, mrml, publish, shortcuts  # noqa: E402
 from LRPSegmentationLib.normalization import normalize_sequences  # noqa: E402
 from LRPSegmentationLib.models import UNet3D  # noqa: E402
@@ -249,7 +249,56 @@ def test_the_cross_check_adds_the_kept_margin_and_names_relevance_without_effect
     flagged = [SEQUENCES[c] for c in evaluation.relevance_without_sensitivity(positive, kept)]
     attribute = table_node.GetAttribute(publish.WITHOUT_SENSITIVITY_ATTRIBUTE)
     assert (attribute.split(",") if attribute else []) == flagged
-    assert bool(outputs.caution) == bool(flagged) and all(name in outputs.caution for name in flagged)
+    # The cross-check also computes the decision shares, whose caution speaks (next test); without
+    # them the caution line is the cross-check's own.
+    outputs.table_node.RemoveAttribute(publish.WITHOUT_DECISION_ATTRIBUTE)
+    caution = publish.explanation_outputs(outputs.composition_node).caution
+    assert bool(caution) == bool(flagged) and all(name in caution for name in flagged)
+
+
+def test_the_decision_shares_stand_beside_the_lrp_shares_and_drive_the_caution(case):
+    """With the cross-check the table gets a "decision share (Shapley)" column right after the LRP
+    positive share (the exact Shapley values of the library, on the same input), the chart a second
+    series, and the caution names the sequences with LRP relevance but no share of the decision; a
+    loaded scene reads them back; a repainted region's table drops the column and its caution."""
+    from LRPSegmentationLib import shapley
+    from LRPSegmentationLib.inference import Inferer
+
+    model = make_model()
+    package = make_package(model)
+    target = 0  # the untrained network calls every voxel class 0: region A has a decision
+    outputs = logic.explain(case.scene, case.inputs, case.reference, case.segmentation, case.segment_id,
+                            package, target, None, "cpu", cross_check=True)
+    table = outputs.table_node.GetTable()
+    columns = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    assert columns[columns.index(publish.POSITIVE_SHARE_COLUMN) + 1] == publish.DECISION_SHARE_COLUMN \
+        == "decision share (Shapley)"
+    column = table.GetColumnByName(publish.DECISION_SHARE_COLUMN)
+    decision = np.array([column.GetValue(i) for i in range(len(SEQUENCES))])
+    expected = shapley.decision_shapley(Inferer.for_package(model.float(), package, "cpu"), engine_input(case),
+                                        {"A": case.mask}, target)["A"]
+    np.testing.assert_allclose(decision, expected.shares, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(outputs.decision_shares, decision, rtol=1e-6, atol=1e-7)
+    assert float(outputs.table_node.GetAttribute(publish.MARGIN_ALL_ATTRIBUTE)) == pytest.approx(expected.margin_all,
+                                                                                                  rel=1e-4)
+    assert outputs.chart_node.GetNumberOfPlotSeriesNodes() == 2
+    assert outputs.chart_node.GetNthPlotSeriesNode(1).GetYColumnName() == publish.DECISION_SHARE_COLUMN
+    positive = np.array([table.GetColumnByName(publish.POSITIVE_SHARE_COLUMN).GetValue(i)
+                         for i in range(len(SEQUENCES))])
+    flagged = [SEQUENCES[c] for c in shapley.relevance_without_decision(positive, decision)]
+    attribute = outputs.table_node.GetAttribute(publish.WITHOUT_DECISION_ATTRIBUTE)
+    assert (attribute.split(",") if attribute else []) == flagged
+    assert outputs.caution == vocabulary.decision_caution(flagged, "region A")
+    found = publish.find_explanation(case.scene)
+    np.testing.assert_allclose(found.decision_shares, outputs.decision_shares)
+    assert found.caution == outputs.caution
+    # the forced flags of a distractor: the caution names it, in the decision's words
+    outputs.table_node.SetAttribute(publish.WITHOUT_DECISION_ATTRIBUTE, "T2")
+    assert "T2" in publish.find_explanation(case.scene).caution and "Shapley" in publish.find_explanation(
+        case.scene).caution
+    logic.update_region(case.scene, outputs, None, case.segmentation, case.segment_id, case.reference)  # repainted
+    again = publish.find_explanation(case.scene)
+    assert again.decision_shares is None and again.caution == ""
 
 
 def test_repainting_region_a_updates_the_same_table_without_lrp(case, monkeypatch):

@@ -121,6 +121,25 @@ def test_segment_and_explain_in_the_worker_publish_the_in_process_arrays(case, c
     assert not list(client.log_path.parent.glob("*.npy")), "array files of finished requests are removed"
 
 
+def test_the_worker_returns_the_decision_shares(case, client, package_path):
+    """``shapley`` in the explain request: the decision shares (exact Shapley values) come back as
+    `compute.ExplainResult` fields, equal to the in-process ones; without a decision in region A
+    (no voxel predicted as the target) they are None, not an error."""
+    package = load_package(package_path)
+    request = logic.prepare_explain(case.inputs, case.reference, case.segmentation, case.segment_id, package,
+                                    Target(0), None, "cpu")  # the untrained net calls every voxel 0
+    request.shapley = True
+    result = finished(client.explain(request, package_path).start())
+    assert_same_result(result, compute.compute_explanation(request, package))
+    assert result.decision_shares.shape == (len(SEQUENCES),) and result.margin_all > result.margin_none
+    assert result.decision_values.sum() == pytest.approx(result.margin_all - result.margin_none, rel=1e-9)
+    assert result.margin_retained is None  # the decision shares alone, without the cross-check
+    undecided = explain_request(case, package)  # Target(1): no voxel of region A is called 1
+    undecided.shapley = True
+    undecided = finished(client.explain(undecided, package_path).start())
+    assert undecided.decision_shares is None and undecided.without_decision is None
+
+
 def test_two_regions_of_one_case_share_the_forward_pass(case, client, package_path):
     package = load_package(package_path)
     other = np.zeros(case.mask.shape, np.uint8)

@@ -8,7 +8,12 @@ Subcommands:
                      then one shares table, the cohort bar chart and a summary per region mode
     lrpseg evaluate  faithfulness of an explanation: region perturbation (MoRF / LeRF / random)
                      and per-sequence ablation vs shares
+    lrpseg import    write a .lrpmodel package from an nnU-Net v2 folder or a MONAI bundle
     lrpseg demo      the bundled demo (a phantom case through the whole pipeline)
+    lrpseg review    the interactive review in the browser (needs the web extra)
+
+--model takes a .lrpmodel folder, an nnU-Net v2 trained-model folder
+(<Trainer>__<Plans>__<configuration>) or a MONAI bundle folder; the format is detected.
 
 A case is either a folder holding one image file (or DICOM folder) per sequence, named after the
 sequence (``--case FOLDER``; ``t1_15min.nii.gz`` matches ``T1-15min``), or one ``--sequence
@@ -29,9 +34,9 @@ from typing import Any
 
 from .cohort import EXECUTORS, run_cohort
 from .inputs import (REFERENCE_LABEL_STEMS, USER_ERRORS, UserError, find_optional_file, load_model, REGION_HINTS,
-                     one_line, parse_sequence_args, read_mask, resolve_target)
+                     model_options, one_line, parse_sequence_args, read_mask, resolve_target)
 from .regions import choose_regions
-from .vocabulary import REGION_MODES, distractor_caution
+from .vocabulary import REGION_MODES, decision_caution, distractor_caution
 
 PROG = "lrpseg"
 
@@ -153,7 +158,7 @@ def cmd_predict(args) -> int:
     # all-or-nothing; creating the temporary file first checks that the output can be written
     with atomic_file(output, args.overwrite) as temp, \
             _Steps(["load model", "read case", "segment", "write"], "predict") as steps:
-        package, model = load_model(args.model)
+        package, model = load_model(args.model, **_model_options(args))
         steps.advance("reading the case")
         case = load_case_inputs(package, args.case, args.sequence, announce=False)
         steps.advance("segmenting")
@@ -172,16 +177,16 @@ def cmd_predict(args) -> int:
 # explain
 # --------------------------------------------------------------------------------------------
 def cmd_explain(args) -> int:
-    from . import pipeline
-    from .outputs import atomic_folder
+    from . import pipeline, shapley
+    from .outputs import atomic_folder, write_json
 
     output = Path(args.output)
     modes = _region_modes(args)
     # all-or-nothing; creating the temporary folder first checks that the output can be written
     with atomic_folder(output, args.overwrite, markers=(pipeline.SUMMARY,)) as folder, \
-            _Steps(["load model", "read case", "segment", "composition map", "explain regions", "write"],
-                   "explain") as steps:
-        package, model = load_model(args.model)
+            _Steps(["load model", "read case", "segment", "composition map", "explain regions"]
+                   + (["decision shares"] if args.shapley else []) + ["write"], "explain") as steps:
+        package, model = load_model(args.model, **_model_options(args))
         target_index = resolve_target(args.target, package.class_names)
         steps.advance("reading the case")
         case = load_case_inputs(package, args.case, args.sequence, args.reference_label)
@@ -192,8 +197,16 @@ def cmd_explain(args) -> int:
                                        region_hints=REGION_HINTS)
         for message in result.empty:
             _note(f"note: {message}; skipped")
+        decisions: dict = {}
+        if args.shapley:  # 2^C more forward passes (64 for six sequences)
+            steps.advance("decision shares (Shapley)")
+            decisions, skipped = shapley.case_decision_shares(result, model, package, args.device)
+            for message in skipped:
+                _note(f"note: {message}")
         steps.advance("writing outputs")
         summary = pipeline.write_case_files(result, folder, package)
+        if decisions:
+            write_json(folder / "shapley.json", shapley.decision_report(decisions, result.explanations))
         steps.advance()
     print(f"case {case.name}: target {summary['target']}, composite {summary['composite']}")
     names = case.sequences
@@ -201,6 +214,14 @@ def cmd_explain(args) -> int:
     for region, info in summary["regions"].items():
         print(f"{region:<14}{info['voxels_used']:>8}  "
               + "".join(f"{100 * info['shares'][n]:>9.1f}%" for n in names))
+    for region, decision in decisions.items():
+        explanation = result.explanations[region]
+        print(f"region {region}: LRP shares beside the decision shares (Shapley)")
+        print("\n".join(shapley.shares_table(names, explanation.sequence_shares.tolist(),
+                                             explanation.positive_shares.tolist(), decision)))
+        flagged = shapley.relevance_without_decision(explanation.positive_shares.numpy(), decision.shares)
+        if flagged:
+            print(f"  {decision_caution([names[c] for c in flagged], region)}")
     print(f"outputs in {output}")
     return 0
 
@@ -237,6 +258,10 @@ class _CohortReport:
 
 
 def cmd_cohort(args) -> int:
+    if _model_options(args):  # each worker loads --model by its path, with the defaults
+        raise UserError("lrpseg cohort uses every fold, mirrored; for --folds / --no-mirroring write a package "
+                        "first (lrpseg import FOLDER --output NAME.lrpmodel --folds ... --no-mirroring) and pass it "
+                        "as --model")
     if args.mask:
         raise UserError("lrpseg cohort takes masks from a 'mask' CSV column or mask.* files in the case folders, "
                         "not --mask")
@@ -262,17 +287,17 @@ def cmd_cohort(args) -> int:
 # evaluate
 # --------------------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
-    from . import evaluation, evaluation_report, pipeline
+    from . import evaluation, evaluation_report, pipeline, shapley
     from .outputs import atomic_folder
 
     output = Path(args.output)
     modes = _region_modes(args)
     # all-or-nothing; creating the temporary folder first checks that the output can be written
     with atomic_folder(output, args.overwrite, markers=(evaluation_report.REPORT,)) as folder, \
-            _Steps(["load model", "read case", "segment", "ablation"]
+            _Steps(["load model", "read case", "segment", "ablation"] + (["decision shares"] if args.shapley else [])
                    + [f"{m} {o}" for m in modes for o in ("explain",) + evaluation.PERTURBATION_ORDERS] + ["write"],
                    "evaluate") as steps:
-        package, model = load_model(args.model)
+        package, model = load_model(args.model, **_model_options(args))
         target = pipeline.case_target(package, resolve_target(args.target, package.class_names), args.contrast)
         steps.advance("reading the case")
         case = load_case_inputs(package, args.case, args.sequence, args.reference_label)
@@ -287,7 +312,8 @@ def cmd_evaluate(args) -> int:
             _note(f"note: {message}; skipped")
         result = evaluation_report.evaluate_case(
             case, model, package, regions, target, composite=args.composite, device=args.device, steps=args.steps,
-            patch=args.patch, fill=args.fill, seed=args.seed, labels=labels, notes=empty, progress=steps)
+            patch=args.patch, fill=args.fill, seed=args.seed, labels=labels, notes=empty, progress=steps,
+            decision_shares=args.shapley)
         steps.advance("writing")
         evaluation_report.write_evaluation_files(result, folder)
         steps.advance()
@@ -299,8 +325,29 @@ def cmd_evaluate(args) -> int:
               f"Spearman(shares, Dice drops) {info['spearman_shares_vs_dice_drop']:.2f}")
         if info["relevance_without_sensitivity"]:
             print(f"  {distractor_caution(info['relevance_without_sensitivity'], name)}")
+        decision = result.shapley_results.get(name)
+        if decision is not None:
+            names = case.sequences
+            print("\n".join(shapley.shares_table(names, [info["shares"][n] for n in names],
+                                                 [info["positive_shares"][n] for n in names], decision)))
+            flagged = shapley.relevance_without_decision([info["positive_shares"][n] for n in names], decision.shares)
+            if flagged:
+                print(f"  {decision_caution([names[c] for c in flagged], name)}")
     print(f"outputs in {output}")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# review
+# --------------------------------------------------------------------------------------------
+def cmd_review(args) -> int:
+    """The web review app (`review.server.run`; imported here so the other commands never load trame)."""
+    from .review import server
+
+    try:
+        return server.run(args)
+    except ImportError as error:
+        raise UserError(str(error)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +365,42 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="PKG", help="model package (a <name>.lrpmodel folder)")
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="a model package (<name>.lrpmodel folder), an nnU-Net v2 trained-model folder or a MONAI "
+                        "bundle folder")
+    _add_import_options(p)
+
+
+def _add_import_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--folds", nargs="+", metavar="F",
+                   help="nnU-Net: the folds to ensemble (default: every fold_N, as nnU-Net)")
+    p.add_argument("--no-mirroring", dest="mirroring", action="store_false",
+                   help="nnU-Net: without its test-time mirroring (default: mirrored, as nnU-Net predicts)")
+
+
+def _model_options(args) -> dict:
+    return model_options(getattr(args, "folds", None), getattr(args, "mirroring", True))
+
+
+# --------------------------------------------------------------------------------------------
+# import
+# --------------------------------------------------------------------------------------------
+def cmd_import(args) -> int:
+    from .models.metadata import PACKAGE_SUFFIX
+
+    output = Path(args.output)
+    if not output.name.endswith(PACKAGE_SUFFIX) or output.name == PACKAGE_SUFFIX:
+        raise UserError(f"--output must be a folder named <name>{PACKAGE_SUFFIX}, got {output.name!r}")
+    if (output.exists() or output.is_symlink()) and not args.overwrite:
+        raise UserError(f"output already exists: {output}; choose another name or pass --overwrite")
+    package, _ = load_model(args.source, build=False, **_model_options(args))
+    if args.name:
+        package.name = args.name
+    package.save(output, overwrite=args.overwrite)  # written beside it and renamed into place: all or nothing
+    parameters = sum(t.numel() for t in package.state_dict.values())
+    print(f"{package.name}: {len(package.sequences)} sequence(s) {package.sequences}, classes {package.class_names}, "
+          f"architecture {package.architecture} ({parameters:,} parameters) written to {output}")
+    return 0
 
 
 def _add_case(p: argparse.ArgumentParser) -> None:
@@ -376,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explanation(p)
     p.add_argument("--reference-label", metavar="FILE", help="ground-truth label (for --region tp/fn/fp), "
                                                              "resampled with nearest neighbour")
+    p.add_argument("--shapley", action=argparse.BooleanOptionalAction, default=False,
+                   help="also each sequence's decision share (exact Shapley values of the decision margin; 2^C "
+                        "more forward passes, 13-26 s for the demo case on a 2-core CPU): printed beside the "
+                        "LRP shares and written to shapley.json (default: off)")
     _add_common(p)
     p.set_defaults(func=cmd_explain)
 
@@ -426,8 +512,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="perturbation block size in voxels (default: 4 4 4)")
     p.add_argument("--fill", default="mean", choices=("mean", "zeros", "noise"), help="what an ablated sequence is replaced by (default: mean)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random perturbation order (default: 0)")
+    p.add_argument("--shapley", action=argparse.BooleanOptionalAction, default=True,
+                   help="each sequence's decision share (exact Shapley values of the decision margin, 2^C forward "
+                        "passes for all regions) beside the LRP shares, under 'shapley' in evaluation.json "
+                        "(default: on)")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("import", formatter_class=_Formatter, help="write a .lrpmodel from an nnU-Net or MONAI model",
+                       description="Write a model package (<name>.lrpmodel) from any model --model accepts: an "
+                                   "nnU-Net v2 trained-model folder (its fold ensemble, with mirroring unless "
+                                   "--no-mirroring), a MONAI bundle folder, or a .lrpmodel. The package holds "
+                                   "JSON metadata and safetensors weights, for sharing; it predicts and explains "
+                                   "exactly as the source.")
+    p.add_argument("source", metavar="SRC", help="nnU-Net v2 trained-model folder, MONAI bundle folder or .lrpmodel")
+    p.add_argument("--output", required=True, metavar="NAME.lrpmodel", help="package folder to write")
+    p.add_argument("--name", help="the package's display name (default: from the source)")
+    _add_import_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("review", formatter_class=_Formatter, help="review in the browser (segment, paint, explain)",
+                       description="Serve the interactive review in the browser (needs the web extra: pip install "
+                                   "'.[web]'): Slicer's slice views, Segment, region A painted with the Segment "
+                                   "Editor or a shortcut, Explain (relevance overlays, shares), Export (the files "
+                                   "of lrpseg explain). Without --case/--sequence the bundled phantom case is "
+                                   "reviewed. One server serves one reviewer. Binds 127.0.0.1; any other --host "
+                                   "needs an access token (--token or LRPSEG_REVIEW_TOKEN); open the page as "
+                                   "http://HOST:PORT/?secret=TOKEN.")
+    p.add_argument("--model", metavar="PATH", help="a model package (<name>.lrpmodel folder), an nnU-Net v2 "
+                                                  "trained-model folder or a MONAI bundle folder (default: the "
+                                                  "bundled demo model)")
+    _add_import_options(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--case", metavar="FOLDER", help="case folder (as lrpseg explain); default: the bundled phantom")
+    group.add_argument("--sequence", action="append", metavar="NAME=PATH", help="one sequence image; repeat per sequence")
+    p.add_argument("--reference", metavar="LABEL", help="ground-truth label for the TP / FN / FP shortcuts")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this computer only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument("--token", help="access token, required for any --host but 127.0.0.1 (or set LRPSEG_REVIEW_TOKEN)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
+    p.add_argument("--export-root", default=".", metavar="DIR",
+                   help="where Export writes its review-export-<time> folders (default: the current folder)")
+    p.set_defaults(func=cmd_review)
 
     sub.add_parser("demo", help="run the bundled demo (options: lrpseg demo --help)", add_help=False,
                    description="Delegates to python -m LRPSegmentationLib.demo; see lrpseg demo --help.")

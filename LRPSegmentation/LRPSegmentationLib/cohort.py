@@ -14,6 +14,10 @@ Layout of ``output``:
 - ``cohort_shares.csv`` (one row per case, region and sequence), ``cohort_status.csv``,
   ``cohort_summary.csv``/``.json`` (per region mode and sequence: mean, std, median, min, max,
   mean rank) and ``cohort_shares.png`` (``cohort_shares_<mode>.png`` with several region modes).
+- With ``shapley=True`` every case also gets its regions' decision shares (exact Shapley values,
+  ``cases/<case>/shapley.json``; 2^C more forward passes per case): a ``shapley_share`` column
+  beside each LRP share, ``mean_shapley_share`` in the summary, and a second chart panel with
+  them per patient.
 
 One failing case never stops the others: `run_case`, the function every executor runs, returns
 a status instead of raising. It is a module-level function over picklable `CaseSpec` and
@@ -69,11 +73,12 @@ class CohortSettings:
     device: str | None = None
     overwrite: bool = False
     threads: int | None = None
+    shapley: bool = False
 
     def manifest(self) -> dict[str, Any]:
         """The settings that decide the results (a rerun must use the same)."""
         return {"model": self.model, "regions": list(self.regions), "target": self.target,
-                "contrast": self.contrast, "composite": self.composite}
+                "contrast": self.contrast, "composite": self.composite, "shapley": self.shapley}
 
 
 @dataclass
@@ -222,7 +227,7 @@ def run_cohort(cases: str | os.PathLike | Sequence[CaseSpec], model: str | os.Pa
                composite: str | None = None, device: str | None = None, overwrite: bool = False,
                threads: int | None = None, executor: str = "local", workers: int = 1, scheduler: str | None = None,
                progress: Callable[[Status], None] | None = None,
-               on_start: Callable[[int, int], None] | None = None) -> CohortResult:
+               on_start: Callable[[int, int], None] | None = None, shapley: bool = False) -> CohortResult:
     """Explain every case into ``output/cases/<case>/``, then write the cohort tables and charts.
 
     Resumable: finished cases (``done.json``) are skipped unless ``overwrite``; a rerun into the
@@ -242,6 +247,8 @@ def run_cohort(cases: str | os.PathLike | Sequence[CaseSpec], model: str | os.Pa
         progress: called with each case's `Status` once known: first the cases finished by an
             earlier run, then each case as it finishes.
         on_start: called with (cases to compute, cases already done) before the computation.
+        shapley: also each region's decision shares (exact Shapley values; 2^C more forward passes
+            per case, 64 for six sequences) beside the LRP shares in every table and chart.
 
     Raises:
         UserError: unusable settings, cases or output folder, found before any case is computed
@@ -262,7 +269,7 @@ def run_cohort(cases: str | os.PathLike | Sequence[CaseSpec], model: str | os.Pa
                               regions=tuple(dict.fromkeys(regions)),
                               target=resolve_target(None if target is None else str(target), package.class_names),
                               contrast=contrast, composite=composite, device=device, overwrite=overwrite,
-                              threads=threads)
+                              threads=threads, shapley=shapley)
     specs = list(cases) if not isinstance(cases, (str, os.PathLike)) else read_cohort_cases(cases, package.sequences)
     _check_folder_names(specs, settings)
     from .outputs import writing
@@ -423,6 +430,16 @@ def _explain_case_into(folder: Path, spec: CaseSpec, settings: CohortSettings, s
     result, empty = _explain(case, package, model, settings, mask)
     pipeline.write_case_files(result, folder, package)
     rows = result.shares_rows()
+    if settings.shapley:
+        from . import shapley
+
+        decisions, notes = shapley.case_decision_shares(result, model, package, settings.device)
+        write_json(folder / "shapley.json", shapley.decision_report(decisions, result.explanations))
+        for row in rows:  # None: the region holds no voxel predicted as the target
+            decision = decisions.get(row["region"])
+            row["shapley_share"] = None if decision is None else float(
+                decision.shares[case.sequences.index(row["sequence"])])
+        empty = empty + notes
     write_json(folder / DONE_MARKER, {"case": spec.name, "settings": settings.manifest(), "rows": rows,
                                       "notes": empty, "seconds": time.time() - start,
                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -560,19 +577,25 @@ def _region_mode(name: str) -> str:
 
 def cohort_summary(rows: Sequence[Mapping[str, Any]], sequences: Sequence[str]) -> list[dict[str, Any]]:
     """Per region mode and sequence: n, mean, std (sample; 0 for one value), median, min, max of the
-    shares over all (case, region) samples, mean positive share, and mean rank (1 = largest share
-    within its case and region)."""
+    shares over all (case, region) samples, mean positive share, mean rank (1 = largest share
+    within its case and region), and where rows carry decision shares (``shapley_share``) their
+    mean over the samples that have one (``mean_shapley_share``, with their count)."""
     import numpy as np
 
     samples: dict[tuple[str, str, str], dict[str, tuple[float, float]]] = {}
     for row in rows:
         key = (_region_mode(row["region"]), row["case"], row["region"])
-        samples.setdefault(key, {})[row["sequence"]] = (float(row["share"]), float(row["positive_share"]))
+        decision = row.get("shapley_share")
+        samples.setdefault(key, {})[row["sequence"]] = (float(row["share"]), float(row["positive_share"]),
+                                                        np.nan if decision in (None, "") else float(decision))
+    has_decisions = any("shapley_share" in row for row in rows)
     summary = []
     for mode in dict.fromkeys(k[0] for k in samples):
         groups = [v for k, v in samples.items() if k[0] == mode and all(s in v for s in sequences)]
         shares = np.array([[g[s][0] for s in sequences] for g in groups])
         positive = np.array([[g[s][1] for s in sequences] for g in groups])
+        decision = np.array([[g[s][2] for s in sequences] for g in groups])
+        decided = ~np.isnan(decision[:, 0]) if len(groups) else np.zeros(0, dtype=bool)
         order = np.argsort(-shares, axis=1, kind="stable")
         ranks = np.empty_like(order)
         np.put_along_axis(ranks, order, np.arange(1, len(sequences) + 1)[None].repeat(len(groups), 0), axis=1)
@@ -583,17 +606,23 @@ def cohort_summary(rows: Sequence[Mapping[str, Any]], sequences: Sequence[str]) 
                             "median": float(np.median(values)), "min": float(values.min()),
                             "max": float(values.max()), "mean_positive_share": float(positive[:, c].mean()),
                             "mean_rank": float(ranks[:, c].mean())})
+            if has_decisions:
+                summary[-1]["n_shapley"] = int(decided.sum())
+                summary[-1]["mean_shapley_share"] = float(decision[decided, c].mean()) if decided.any() else None
     return summary
 
 
-def _chart_shares(rows: Sequence[Mapping[str, Any]], mode: str, sequences: Sequence[str]) -> dict[str, list[float]]:
-    """The bars of one mode's cohort chart: case (case/region for lesions) → C shares."""
+def _chart_shares(rows: Sequence[Mapping[str, Any]], mode: str, sequences: Sequence[str], column: str = "share"
+                  ) -> dict[str, list[float]]:
+    """The bars of one mode's cohort chart: case (case/region for lesions) → C values of ``column``
+    (cases without a value, e.g. no decision share, are left out)."""
     shares: dict[str, list[float]] = {}
     for row in rows:
-        if row["region_mode"] == mode:
+        if row["region_mode"] == mode and row.get(column) not in (None, ""):
             label = row["case"] if row["region"] == mode else f"{row['case']}/{row['region']}"
-            shares.setdefault(label, [0.0] * len(sequences))[list(sequences).index(row["sequence"])] = row["share"]
-    return shares
+            shares.setdefault(label, [0.0] * len(sequences))[list(sequences).index(row["sequence"])] = \
+                float(row[column])
+    return {label: values for label, values in shares.items()}
 
 
 def write_cohort_outputs(output: Path, statuses: list[Status], sequences: Sequence[str],
@@ -605,7 +634,7 @@ def write_cohort_outputs(output: Path, statuses: list[Status], sequences: Sequen
 
     rows = [dict(row, region_mode=_region_mode(row["region"])) for s in statuses for row in s.get("rows", [])]
     columns = ["case", "region", "region_mode", "sequence", "share", "positive_share", "voxels_used",
-               "voxels_excluded"]
+               "voxels_excluded"] + (["shapley_share"] if settings.shapley else [])
     write_csv(output / "cohort_shares.csv", rows, columns, overwrite=True)
     write_csv(output / "cohort_status.csv",
               [{"case": s["case"], "status": s["status"], "seconds": s.get("seconds", 0.0),
@@ -619,10 +648,12 @@ def write_cohort_outputs(output: Path, statuses: list[Status], sequences: Sequen
     charts = {}
     for mode in modes:
         shares = _chart_shares(rows, mode, sequences)
+        decision = _chart_shares(rows, mode, sequences, "shapley_share") if settings.shapley else None
         name = "cohort_shares.png" if len(modes) == 1 else f"cohort_shares_{safe_name(mode)}.png"
         with atomic_file(output / name, overwrite=True) as temp, writing(output / name):
             figures.plot_sequence_shares(shares, sequences, temp, title=f"Normalized relevance per sequence, "
-                                                                        f"region {mode} ({len(shares)} cases)")
+                                                                        f"region {mode} ({len(shares)} cases)",
+                                         decision_shares=decision)
         charts[mode] = name
     data = {"settings": settings.manifest(), "sequences": list(sequences),
             "cases": [{k: s.get(k) for k in ("case", "status", "message", "seconds")} for s in statuses],

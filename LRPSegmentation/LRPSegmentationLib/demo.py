@@ -8,7 +8,8 @@
    the per-sequence shares (CSV, JSON), the seed's figures (PNG) and a 3D Slicer scene
    (``scene.mrml`` with its data) showing the relevance maps colour-mapped over the images.
 5. Print a report: Dice, per-sequence shares, how much of the decision each sequence carries
-   (sequence ablation), and which sequences carry the lesion's contrast.
+   (sequence ablation, and the decision shares: exact Shapley values beside the LRP shares), and
+   which sequences carry the lesion's contrast.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import evaluation, outputs, phantom, pipeline
+from . import evaluation, outputs, phantom, pipeline, shapley
 from .imaging import Geometry
 from .inference import Inferer
 from .models.package import load_package
-from .vocabulary import DEMO_MODEL, distractor_caution
+from .vocabulary import DEMO_MODEL, decision_caution, distractor_caution
 
 #: Phantom seed of the demo case (training uses 1000+, validation 5000+; 9000+ are never used).
 DEMO_SEED = 9001
@@ -42,8 +43,10 @@ def phantom_case(seed: int, shape: tuple[int, int, int], name: str | None = None
     return case_from_phantom(phantom.generate_case(seed, shape=shape, **options), name)
 
 
-def report(result: pipeline.CaseResult, dice: float, ablation: evaluation.AblationResult | None = None) -> str:
-    """A plain-text report of one explained case (and of its sequence ablation, when given)."""
+def report(result: pipeline.CaseResult, dice: float, ablation: evaluation.AblationResult | None = None,
+           decisions: dict[str, shapley.ShapleyResult] | None = None) -> str:
+    """A plain-text report of one explained case (and of its sequence ablation and the regions'
+    decision shares (`shapley.case_decision_shares`), when given)."""
     names = result.case.sequences
     lines = [f"case {result.case.name}: tumour Dice {dice:.3f}; target {result.target.describe(['background', 'tumour'])}; "
              f"composite {result.composite}", ""]
@@ -68,6 +71,15 @@ def report(result: pipeline.CaseResult, dice: float, ablation: evaluation.Ablati
                                                             ablation.margin_retained) if region else [])
         if flagged:
             lines.append(distractor_caution([names[c] for c in flagged], region))
+    for region, decision in (decisions or {}).items():
+        # What the computation used (LRP) beside what the decision rests on (Shapley, README).
+        explanation = result.explanations[region]
+        lines += ["", f"region {region}: LRP shares beside the decision shares (Shapley)"]
+        lines += shapley.shares_table(names, explanation.sequence_shares.tolist(), explanation.positive_shares.tolist(),
+                                      decision)
+        flagged = shapley.relevance_without_decision(explanation.positive_shares.numpy(), decision.shares)
+        if flagged:
+            lines.append("  " + decision_caution([names[c] for c in flagged], region))
     return "\n".join(lines)
 
 
@@ -81,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--composite", default=None, help="LRP composite (default: the model's)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-scene", action="store_true", help="do not write the 3D Slicer scene")
+    parser.add_argument("--shapley", action=argparse.BooleanOptionalAction, default=True,
+                        help="the decision shares (exact Shapley values, 64 more forward passes) in the report "
+                             "(default: on)")
     args = parser.parse_args(argv)
     start = time.time()
     try:
@@ -140,7 +155,11 @@ def _run(args: argparse.Namespace, folder: Path) -> str:
         bar.close()
     ablation = Inferer.for_package(model, package, args.device).ablation(pipeline.network_input(case, package), truth,
                                                                          result.target)
-    text = report(result, evaluation.dice(result.labels == result.target.index, truth), ablation)
+    decisions = {}
+    if args.shapley:
+        decisions, _ = shapley.case_decision_shares(result, model, package, args.device)  # fn: no decision
+        outputs.write_json(folder / "shapley.json", shapley.decision_report(decisions, result.explanations))
+    text = report(result, evaluation.dice(result.labels == result.target.index, truth), ablation, decisions)
     outputs.write_text(folder / "report.txt", text + "\n")
     lesion_table = phantom.CONTRAST_TABLE
     lines = [text, "", "phantom lesion contrast vs liver (the truth the shares can be compared with):"]

@@ -5,7 +5,8 @@ and by the demo's report. All inputs follow the engine's conventions: ``x`` is (
 masks are (D, H, W) bool on the output grid, relevance is (C, D, H, W) (``explain_region``).
 
 * :func:`sequence_ablation` — replace one sequence at a time by an uninformative one
-  (:func:`uninformative_fill`) and measure the drop in Dice of the predicted target class.
+  (:func:`uninformative_fill`) and measure the drop in Dice of the predicted target class and the
+  decision margin (:func:`decision_margins`, also the value function of ``shapley``).
   :func:`shares_vs_ablation` rank-correlates those drops with per-sequence relevance shares;
   :func:`relevance_without_sensitivity` lists sequences with relevance but no effect on the margin.
 * :func:`region_perturbation` — 3D region perturbation (Samek et al., IEEE TNNLS 2017): remove
@@ -53,6 +54,8 @@ __all__ = [
     "spearman",
     "rank",
     "uninformative_fill",
+    "fill_level",
+    "decision_margins",
     "sequence_ablation",
     "shares_vs_ablation",
     "relevance_without_sensitivity",
@@ -219,17 +222,7 @@ def uninformative_fill(x: torch.Tensor, channel: int, mask=None, mode: str = "me
     volume = x[0] if x.dim() == 5 else x
     channel = _check_channel(channel, volume.shape[0])
     sequence = volume[channel].detach()
-    if mask is None:
-        from .normalization import foreground_mask  # SimpleITK only when needed
-        values = sequence.cpu().double().numpy()
-        mask = torch.from_numpy(foreground_mask(values)) if values.max() > values.min() else None
-        if mask is None or not mask.any():
-            mask = torch.ones(sequence.shape, dtype=torch.bool)
-    else:
-        mask = _check_mask(mask, sequence.shape, "mask")
-        if not mask.any():
-            raise ValueError("the fill mask is empty: no voxels to take the sequence's statistics from")
-    inside = sequence[mask.to(sequence.device)].double()
+    inside = _fill_statistics_voxels(sequence, mask)
     out = x.detach().clone()
     target = out[0, channel] if x.dim() == 5 else out[channel]
     if mode == "mean":
@@ -242,6 +235,29 @@ def uninformative_fill(x: torch.Tensor, channel: int, mask=None, mode: str = "me
         std = float(inside.std(unbiased=False)) if inside.numel() > 1 else 0.0
         target.copy_((noise * std + float(inside.mean())).to(target.dtype))
     return out
+
+
+def _fill_statistics_voxels(sequence: torch.Tensor, mask=None) -> torch.Tensor:
+    """The float64 values of a (D, H, W) sequence that `uninformative_fill` takes its statistics from:
+    inside ``mask``, else above the sequence's Otsu threshold (the whole volume if that is empty)."""
+    if mask is None:
+        from .normalization import foreground_mask  # SimpleITK only when needed
+        values = sequence.cpu().double().numpy()
+        mask = torch.from_numpy(foreground_mask(values)) if values.max() > values.min() else None
+        if mask is None or not mask.any():
+            mask = torch.ones(sequence.shape, dtype=torch.bool)
+    else:
+        mask = _check_mask(mask, sequence.shape, "mask")
+        if not mask.any():
+            raise ValueError("the fill mask is empty: no voxels to take the sequence's statistics from")
+    return sequence[mask.to(sequence.device)].double()
+
+
+def fill_level(x: torch.Tensor, channel: int, mask=None) -> float:
+    """The constant that :func:`uninformative_fill` (mode ``"mean"``) puts in place of sequence
+    ``channel`` of x (1, C, D, H, W): its mean inside ``mask``, else over its Otsu foreground."""
+    x = _check_x(x)
+    return float(_fill_statistics_voxels(x[0, _check_channel(channel, x.shape[1])].detach(), mask).mean())
 
 
 @dataclass
@@ -277,6 +293,34 @@ class AblationResult:
     def most_important(self) -> int:
         """Index of the sequence whose removal costs most Dice."""
         return int(np.argmax(self.drops))
+
+
+def decision_margins(logits: torch.Tensor, target: int, voxels) -> np.ndarray:
+    """The decision margin of each batch item: the mean over ``voxels`` of the target logit minus
+    the largest other logit (> 0 where the target class wins), in float64.
+
+    The one definition of "the decision margin" (the cross-check of :func:`sequence_ablation` and
+    the value function of ``shapley``). The caller fixes ``voxels`` once, e.g. region A's voxels
+    predicted as the target with every sequence present, so that margins of altered inputs are
+    averaged over the same voxels.
+
+    Args:
+        logits: (N, K, D, H, W).
+        target: class index.
+        voxels: (D, H, W) bool.
+
+    Returns:
+        (N,) margins; NaN when ``voxels`` is empty or the model has fewer than two classes.
+    """
+    if logits.dim() != 5:
+        raise ValueError(f"logits must be (N, K, D, H, W), got shape {tuple(logits.shape)}")
+    voxels = _check_mask(voxels, logits.shape[2:], "voxels")
+    if not voxels.any() or logits.shape[1] < 2:
+        return np.full(logits.shape[0], np.nan)
+    target = _check_class(target, logits)
+    inside = logits[:, :, voxels.to(logits.device)].double()  # (N, K, V)
+    others = torch.cat([inside[:, :target], inside[:, target + 1:]], dim=1).amax(1)
+    return (inside[:, target] - others).mean(1).cpu().numpy()
 
 
 def sequence_ablation(model: nn.Module, x: torch.Tensor, region_truth, target: int = 1, fill: str = "mean",
@@ -322,10 +366,7 @@ def sequence_ablation(model: nn.Module, x: torch.Tensor, region_truth, target: i
         margin_voxels = predicted & truth if (predicted & truth).any() else predicted
 
     def mean_margin(out: torch.Tensor) -> float:
-        if not margin_voxels.any() or out.shape[1] < 2:
-            return float("nan")
-        others = torch.cat([out[0, :target], out[0, target + 1:]]).amax(0)
-        return float((out[0, target] - others)[margin_voxels].double().mean())
+        return float(decision_margins(out, target, margin_voxels)[0])
 
     ablated = np.empty(x.shape[1])
     ablated_margin = np.empty(x.shape[1])

@@ -5,7 +5,9 @@ region perturbation in three orders (most relevant first, least relevant first, 
 the areas between the curves), and the per-sequence ablation of the whole case (Dice drop and
 decision margin kept when a sequence is replaced by an uninformative one) compared with A's
 relevance shares (Spearman), plus the sequences that get relevance although ablating them changes
-nothing (`evaluation.relevance_without_sensitivity`).
+nothing (`evaluation.relevance_without_sensitivity`), and the decision shares: exact Shapley values
+of the sequences for A's decision margin (`shapley.decision_shapley`, all regions from the same
+2^C forward passes) beside the LRP shares, with their rank agreement.
 
     result = evaluate_case(case, model, package, {"mask": mask}, Target(1))
     result.report["regions"]["mask"]["aopc"]      # {"morf": ..., "lerf": ..., "random": ...}
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import evaluation, pipeline
+from . import evaluation, pipeline, shapley
 from .engine import Target
 from .inference import Inferer
 from .models.package import ModelPackage
@@ -45,15 +47,20 @@ class CaseEvaluation:
         report: JSON-ready dict (written as ``evaluation.json``): case, model, target, composite,
             sequences, ``ablation`` (truth, fill, base/ablated Dice, Dice drops, margins),
             ``perturbation_settings``, ``regions`` (per region: shares, AOPC per order, areas
-            between the curves, Spearman(shares, Dice drops), relevance_without_sensitivity, the
-            curves) and ``notes`` (e.g. why a requested region is left out).
+            between the curves, Spearman(shares, Dice drops), relevance_without_sensitivity,
+            ``shapley`` (`shapley.ShapleyResult.as_report`: per sequence the value in margin units
+            and the decision share, margin_all, margin_none, the LRP positive shares beside them
+            and spearman_lrp_vs_shapley; None where the region holds no voxel predicted as the
+            target), the curves) and ``notes`` (e.g. why a requested region is left out).
         ablation: the per-sequence ablation of the case.
         curves: region name → order → its `evaluation.PerturbationCurve`.
+        shapley_results: region name → its `shapley.ShapleyResult` (regions with a decision only).
     """
 
     report: dict[str, Any]
     ablation: evaluation.AblationResult
     curves: dict[str, dict[str, evaluation.PerturbationCurve]] = field(default_factory=dict)
+    shapley_results: dict[str, shapley.ShapleyResult] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,7 +103,8 @@ def evaluate_case(case: pipeline.Case, model: nn.Module, package: ModelPackage, 
                   target: Target, *, composite: str | None = None, device: str | None = None, steps: int = 20,
                   patch: Sequence[int] = (4, 4, 4), fill: str = "mean", seed: int = 0,
                   labels: np.ndarray | None = None, notes: Sequence[str] = (),
-                  progress: Callable[[str], None] | None = None) -> CaseEvaluation:
+                  progress: Callable[[str], None] | None = None, decision_shares: bool = True,
+                  baseline: str = shapley.DEFAULT_BASELINE) -> CaseEvaluation:
     """The faithfulness report of ``regions`` of one case (see the module docstring).
 
     Args:
@@ -111,6 +119,9 @@ def evaluate_case(case: pipeline.Case, model: nn.Module, package: ModelPackage, 
             ablation's Dice is measured against them when the case has no reference label).
         notes: recorded in the report (e.g. the requested regions that were empty).
         progress: called with a short message before each step.
+        decision_shares: compute the exact Shapley values of the sequences (2^C more forward
+            passes for all regions together; `shapley.decision_shapley`).
+        baseline: what a sequence removed for the Shapley values becomes (`shapley.BASELINES`).
     """
     say = progress or (lambda _message: None)
     x = pipeline.network_input(case, package)
@@ -135,6 +146,13 @@ def evaluate_case(case: pipeline.Case, model: nn.Module, package: ModelPackage, 
                                   "seed": seed},
         "regions": {}, "notes": list(notes)}
     result = CaseEvaluation(report, ablation)
+    if decision_shares:
+        decided, skipped = shapley.decided_regions(regions, labels, target)
+        report["notes"] += skipped
+        if decided:
+            say("decision shares (Shapley)")
+            result.shapley_results = shapley.decision_shapley(inferer, x, decided, target, sequences=case.sequences,
+                                                      baseline=baseline)
     say(f"explaining {', '.join(regions)}")
     with inferer.trace(x, package.lrp_composite(composite)) as forward:  # every region from one forward pass
         explanations = forward.explain(regions, target)
@@ -150,6 +168,9 @@ def evaluate_case(case: pipeline.Case, model: nn.Module, package: ModelPackage, 
                 steps=steps, device=device, order=order, seed=seed, window=grid.window, overlap=grid.overlap)
         result.curves[name] = curves
         report["regions"][name] = _region_report(explanation, ablation, curves, case.sequences, int(np.sum(region)))
+        decision = result.shapley_results.get(name)
+        report["regions"][name]["shapley"] = (decision.as_report(explanation.positive_shares.numpy())
+                                              if decision is not None else None)
     return result
 
 
@@ -198,8 +219,9 @@ def write_evaluation(result: CaseEvaluation, folder: str | os.PathLike, overwrit
 
 def write_evaluation_files(result: CaseEvaluation, folder: Path) -> None:
     """Into the (temporary) folder ``folder``: ``ablation.csv`` (per sequence: ablated Dice, Dice
-    drop, margin kept, and each region's share), per region R ``perturbation_R.csv`` (the three
-    curves) and ``evaluation_R.png`` (`figures.plot_evaluation`), and ``evaluation.json`` last."""
+    drop, margin kept, each region's share and, where computed, its decision share (Shapley)), per
+    region R ``perturbation_R.csv`` (the three curves) and ``evaluation_R.png``
+    (`figures.plot_evaluation`), and ``evaluation.json`` last."""
     from . import figures  # matplotlib only where figures are written
 
     folder = Path(folder)
@@ -207,11 +229,13 @@ def write_evaluation_files(result: CaseEvaluation, folder: Path) -> None:
     sequences = report["sequences"]
     with writing(folder), open(folder / "ablation.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
+        decided = [n for n, r in report["regions"].items() if r.get("shapley")]
         writer.writerow(["sequence", "ablated_dice", "dice_drop", "margin_retained"]
-                        + [f"share_{n}" for n in report["regions"]])
+                        + [f"share_{n}" for n in report["regions"]] + [f"shapley_share_{n}" for n in decided])
         for c, sequence in enumerate(sequences):
             writer.writerow([sequence, ablation.ablated_dice[c], ablation.drops[c], ablation.margin_retained[c]]
-                            + [r["shares"][sequence] for r in report["regions"].values()])
+                            + [r["shares"][sequence] for r in report["regions"].values()]
+                            + [report["regions"][n]["shapley"]["shares"][sequence] for n in decided])
     for name, curves in result.curves.items():
         info = report["regions"][name]
         with writing(folder), open(folder / f"perturbation_{safe_name(name)}.csv", "w", newline="") as handle:

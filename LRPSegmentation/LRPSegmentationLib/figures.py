@@ -1,5 +1,6 @@
 """The seed's figures (matplotlib, PNG): the per-sequence relevance distribution bar chart, for
-one case or a cohort (one colour per patient, grouped by sequence), pixel-level relevance
+one case or a cohort (one colour per patient, grouped by sequence; with the decision shares
+(Shapley) in a second panel), pixel-level relevance
 panels of each sequence over a region (true positive, false negative, ...), and the faithfulness
 figure of ``lrpseg evaluate`` (perturbation curves beside shares vs ablation).
 
@@ -25,24 +26,50 @@ RELEVANCE_CMAP = "bwr"
 
 def plot_sequence_shares(shares: Mapping[str, Sequence[float]], sequence_names: Sequence[str], path: PathLike,
                          title: str = "Normalized relevance per MRI sequence",
-                         ylabel: str = "share of region relevance") -> Path:
+                         ylabel: str = "share of region relevance",
+                         decision_shares: Mapping[str, Sequence[float]] | None = None) -> Path:
     """Grouped bar chart: x = sequences, one bar (colour) per case.
 
     Args:
         shares: case name → C shares (in ``sequence_names`` order). One case gives a plain bar chart.
         sequence_names: the C sequence names.
+        decision_shares: case name → C decision shares (Shapley): drawn in a second panel below,
+            each case in the same colour (cases without them are left out of that panel).
     """
     cases = list(shares)
+    values = _share_matrix(shares, cases, sequence_names)
+    decision_cases = [c for c in cases if decision_shares and c in decision_shares]
+    n_cases, n_seq = values.shape
+    rows = 2 if decision_cases else 1
+    width = min(13.0, max(6.0, 1.1 * n_seq + 0.06 * n_cases * n_seq))
+    fig, axes = plt.subplots(rows, 1, figsize=(width, 4.2 * rows), dpi=120, squeeze=False)
+    colours = plt.get_cmap("tab20" if n_cases > 10 else "tab10")
+    colour_of = {case: colours(i % colours.N) for i, case in enumerate(cases)}
+    _share_bars(axes[0, 0], values, cases, colour_of, sequence_names, ylabel, title)
+    if decision_cases:
+        _share_bars(axes[1, 0], _share_matrix(decision_shares, decision_cases, sequence_names), decision_cases,
+                    colour_of, sequence_names, "share of the decision (Shapley)",
+                    "Decision share per sequence (exact Shapley values of the decision margin)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _share_matrix(shares: Mapping[str, Sequence[float]], cases: Sequence[str], sequence_names: Sequence[str]
+                  ) -> np.ndarray:
     values = np.array([np.asarray(shares[c], dtype=float) for c in cases])  # (cases, C)
     if values.ndim != 2 or values.shape[1] != len(sequence_names):
         raise ValueError(f"each case needs {len(sequence_names)} shares, got shape {values.shape}")
+    return values
+
+
+def _share_bars(ax, values: np.ndarray, cases: Sequence[str], colour_of: Mapping[str, Any],
+                sequence_names: Sequence[str], ylabel: str, title: str) -> None:
+    """One panel of `plot_sequence_shares`: a bar per case and sequence, the mean over cases."""
     n_cases, n_seq = values.shape
-    fig, ax = plt.subplots(figsize=(min(13.0, max(6.0, 1.1 * n_seq + 0.06 * n_cases * n_seq)), 4.2), dpi=120)
     width = 0.8 / n_cases
-    colours = plt.get_cmap("tab20" if n_cases > 10 else "tab10")
     x = np.arange(n_seq)
     for i, case in enumerate(cases):
-        ax.bar(x - 0.4 + width * (i + 0.5), values[i], width, label=case, color=colours(i % colours.N),
+        ax.bar(x - 0.4 + width * (i + 0.5), values[i], width, label=case, color=colour_of[case],
                edgecolor="white", linewidth=0.3)
     if n_cases > 1:
         ax.plot(x, values.mean(0), "k_", markersize=22, markeredgewidth=2, label="mean")
@@ -55,8 +82,6 @@ def plot_sequence_shares(shares: Mapping[str, Sequence[float]], sequence_names: 
     if n_cases > 1:
         ax.legend(fontsize=7, ncol=min(n_cases + 1, 6), loc="upper center", bbox_to_anchor=(0.5, -0.1),
                   frameon=False)
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 def plot_relevance_panels(images: np.ndarray, relevance: np.ndarray, region: np.ndarray,

@@ -89,3 +89,29 @@ def distractor_caution(sequences: Sequence[str], region: str | None = None,
     where = f" ({region})" if region else ""
     return (f"caution{where}: {', '.join(sequences)} get relevance although the decision keeps "
             f">= {100 * min_retained:g} % of its margin without them (distractor relevance, see the README)")
+
+
+# --------------------------------------------------------------------------------------------
+# Decision shares (Shapley values of the sequences, ``shapley``)
+# --------------------------------------------------------------------------------------------
+
+#: What the Slicer table, the CLI and the reports call a sequence's Shapley share of the decision.
+DECISION_SHARE_LABEL = "decision share (Shapley)"
+#: A sequence with at least `DISTRACTOR_MIN_SHARE` of the positive relevance is named when its
+#: decision share is at most this (≈ 0, or negative: the decision does not rest on it).
+DECISION_MAX_SHARE = 0.05
+
+
+def decision_caution(sequences: Sequence[str], region: str | None = None,
+                     max_share: float = DECISION_MAX_SHARE) -> str:
+    """The one-line caution for sequences with LRP relevance but (almost) no share of the decision
+    (``shapley.relevance_without_decision``); empty string when there are none.
+
+    Example: ``caution (tp): T1-15min get relevance but carry <= 5 % of the decision (Shapley);
+    distractor relevance, see the README``.
+    """
+    if not sequences:
+        return ""
+    where = f" ({region})" if region else ""
+    return (f"caution{where}: {', '.join(sequences)} get relevance but carry <= {100 * max_share:g} % of the "
+            f"decision (Shapley); distractor relevance, see the README")

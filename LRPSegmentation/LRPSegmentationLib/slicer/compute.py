@@ -12,6 +12,14 @@ prediction (`compute_labels`), and one traced forward pass (`trace_case`) from w
 explanation and the composition map come (`compute_explanation`). A caller that keeps the traced
 pass open (the worker does, between requests) passes it as ``forward``: another region of the same
 case then costs one LRP pass and no forward pass.
+
+With ``ExplainRequest.shapley`` (by default: with the cross-check) `compute_explanation` also
+computes region A's decision shares, the exact Shapley values of the sequences for A's decision
+margin (`shapley.decision_shapley`, 2^C forward passes through the same `inference.Inferer`), and
+the sequences with LRP relevance but (almost) no share of the decision
+(`shapley.relevance_without_decision`). Any front end (the Slicer module, a web review app) gets
+them as `ExplainResult` fields: ``decision_shares``, ``decision_values``, ``margin_all``,
+``margin_none``, ``without_decision``.
 """
 from __future__ import annotations
 
@@ -56,6 +64,10 @@ class ExplainRequest:
             Slicer process build a request without importing torch).
         composite: composite name; None = the package's default.
         device: "auto", "cpu", "cuda" or "cuda:N".
+        cross_check: also replace each sequence by its mean (C + 1 forward passes) and report the
+            decision margin kept.
+        shapley: also region A's decision shares (exact Shapley values, 2^C forward passes);
+            None: when ``cross_check`` is set.
     """
 
     inputs: InputStack
@@ -67,6 +79,12 @@ class ExplainRequest:
     tolerance: float | None = None
     cross_check: bool = False
     contrast: bool = False
+    shapley: bool | None = None
+
+    @property
+    def wants_shapley(self) -> bool:
+        """Whether the decision shares are computed (``shapley``, else with the cross-check)."""
+        return bool(self.cross_check if self.shapley is None else self.shapley)
 
 
 @dataclass
@@ -87,6 +105,12 @@ class ExplainResult:
             the sequence is replaced by its mean; else None.
         without_sensitivity: with the cross-check, the sequence indices whose relevance the decision
             does not back (``evaluation.relevance_without_sensitivity``); else None.
+        decision_shares: (C,) with Shapley: each sequence's share of A's decision (sums to 1); None
+            when not computed or when A holds no voxel predicted as the target (no decision).
+        decision_values: (C,) the Shapley values in margin units (sum = margin_all − margin_none).
+        margin_all / margin_none: A's decision margin with every sequence / with none.
+        without_decision: with Shapley, the sequence indices with LRP relevance but (almost) no
+            share of the decision (``shapley.relevance_without_decision``).
     """
 
     relevance: np.ndarray
@@ -100,6 +124,11 @@ class ExplainResult:
     diagnostics: dict[str, float] = field(default_factory=dict)
     margin_retained: np.ndarray | None = None
     without_sensitivity: list[int] | None = None
+    decision_shares: np.ndarray | None = None
+    decision_values: np.ndarray | None = None
+    margin_all: float | None = None
+    margin_none: float | None = None
+    without_decision: list[int] | None = None
 
     @classmethod
     def from_explanation(cls, explanation: Any, composition: Any, sequence_names: Sequence[str],
@@ -209,7 +238,38 @@ def compute_explanation(request: ExplainRequest, package: Any, model: Any = None
             margin_retained = inferer.ablation(_network_input(request.inputs), request.region, target,
                                                margin_region=request.region).margin_retained
             flagged = evaluation.relevance_without_sensitivity(explanation.positive_shares, margin_retained)
+        decision = _decision_shares(request, package, model, target, progress, cancel) \
+            if request.wants_shapley else None
     check_cancel(cancel)
-    report(progress, 0.9, "Collecting the results")
-    return ExplainResult.from_explanation(explanation, composition, request.inputs.sequence_names,
-                                          request.region_name, margin_retained, flagged)
+    report(progress, 0.95, "Collecting the results")
+    result = ExplainResult.from_explanation(explanation, composition, request.inputs.sequence_names,
+                                            request.region_name, margin_retained, flagged)
+    if decision is not None:
+        from .. import shapley
+
+        result.decision_shares, result.decision_values = decision.shares, decision.values
+        result.margin_all, result.margin_none = decision.margin_all, decision.margin_none
+        result.without_decision = shapley.relevance_without_decision(result.positive_shares, decision.shares)
+    return result
+
+
+def _decision_shares(request: ExplainRequest, package: Any, model: Any, target: Any,
+                     progress: ProgressCallback | None, cancel: CancelCallback | None) -> Any:
+    """Region A's `shapley.ShapleyResult`, or None when A holds no voxel predicted as the target
+    (there is no decision to share; the cross-check's margins are NaN there too)."""
+    from .. import shapley
+    from ..inference import Inferer
+
+    check_cancel(cancel)
+    x = _network_input(request.inputs)
+    inferer = Inferer.for_package(model, package, request.device)
+
+    def passes(done: int, total: int) -> None:  # between forward passes: report, and stop when asked
+        report(progress, 0.85 + 0.1 * done / total, f"Decision shares (Shapley): input {done} of {total}")
+        check_cancel(cancel)
+
+    try:
+        return shapley.decision_shapley(inferer, x, {request.region_name: request.region}, target,
+                                        sequences=request.inputs.sequence_names, progress=passes)[request.region_name]
+    except shapley.NoDecisionError:
+        return None

@@ -87,7 +87,8 @@ class ModuleLogic:
         return str(folder) if folder is not None else ""
 
     def readPackageInfo(self, path) -> Any:
-        """Sequences and classes from the package's model.json (no torch needed)."""
+        """Sequences and classes of the model (no torch needed): a .lrpmodel's model.json, an nnU-Net
+        v2 folder's plans.json and dataset.json, a MONAI bundle's configs (`models.formats`)."""
         return self._logic.read_package_info(path)
 
     def describePackage(self, package) -> str:
@@ -278,7 +279,8 @@ class ModuleLogic:
         """The package's folder: the ``path`` of its description (the module's ``loadPackage``)."""
         path = getattr(package, "path", None)
         if not path:
-            raise ValueError("The model package has no folder: select a .lrpmodel folder.")
+            raise ValueError("The model has no folder: select a .lrpmodel folder, an nnU-Net v2 trained-model "
+                             "folder or a MONAI bundle folder.")
         return str(path)
 
     def segmentAsync(self, inputNodes, referenceNode, package, device="auto"):
@@ -293,11 +295,14 @@ class ModuleLogic:
         return self.worker().segment(inputs, self.modelPath(package), device), finish
 
     def explainAsync(self, inputNodes, referenceNode, segmentationNode, segmentId, package, targetClass=1,
-                     classVsRest=False, composite=None, device="auto", crossCheck=False):
+                     classVsRest=False, composite=None, device="auto", crossCheck=False, decisionShares=None):
+        """(job, finish) of Explain. ``decisionShares``: also the "decision share (Shapley)" column
+        (2^C more forward passes); None: with the cross-check."""
         logic, publish = self._logic, self._publish
         request = logic.prepare_explain(inputNodes, referenceNode, segmentationNode, segmentId, package,
                                         int(targetClass), composite, device, cross_check=crossCheck,
                                         contrast=bool(classVsRest))
+        request.shapley = decisionShares
 
         def finish(job):
             self.lastOutputs = publish.publish_explanation(self.scene, job.result(), referenceNode,

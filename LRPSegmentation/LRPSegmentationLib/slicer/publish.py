@@ -13,9 +13,16 @@ subject-hierarchy folder ``<folder>`` beside the reference volume:
   relevance volumes, the table and the chart (roles `RELEVANCE_REFERENCE`, `TABLE_REFERENCE`,
   `CHART_REFERENCE`), which is how a loaded scene is read back;
 - ``<folder> shares``: a table of one row per sequence -- columns ``sequence``, ``share``,
-  ``positive share`` and, with the cross-check, `MARGIN_COLUMN`; attributes `USED_ATTRIBUTE`,
-  `EXCLUDED_ATTRIBUTE` and (cross-check) `WITHOUT_SENSITIVITY_ATTRIBUTE`;
-- ``<folder> shares chart``: its bar chart.
+  ``positive share``, with the decision shares `DECISION_SHARE_COLUMN` ("decision share
+  (Shapley)") beside them, and with the cross-check `MARGIN_COLUMN`; attributes `USED_ATTRIBUTE`,
+  `EXCLUDED_ATTRIBUTE`, (cross-check) `WITHOUT_SENSITIVITY_ATTRIBUTE` and (decision shares)
+  `WITHOUT_DECISION_ATTRIBUTE`, `MARGIN_ALL_ATTRIBUTE`, `MARGIN_NONE_ATTRIBUTE`;
+- ``<folder> shares chart``: its bar chart (LRP share; with the decision shares a second series).
+
+The caution line (`ExplainOutputs.caution`) names the sequences with LRP relevance but (almost) no
+share of the decision when the decision shares were computed (`vocabulary.decision_caution`), else
+those the cross-check flags (`vocabulary.distractor_caution`); a table whose column is gone (a
+repainted region's shares) gives no caution: its flags belonged to the earlier region.
 
 The composition volume and the segmentation reference the reference volume (role
 `REFERENCE_REFERENCE`), so re-running Segment or Explain can find its previous outputs
@@ -34,8 +41,9 @@ from . import mrml
 from .compute import ExplainResult  # the compute phase's result, written here
 from .jobs import CancelCallback, check_cancel
 
-__all__ = ["COMPOSITION_ATTRIBUTE", "EXCLUDED_ATTRIBUTE", "MARGIN_COLUMN", "POSITIVE_SHARE_COLUMN", "USED_ATTRIBUTE",
-           "WITHOUT_SENSITIVITY_ATTRIBUTE", "ExplainOutputs", "add_color_legends",
+__all__ = ["COMPOSITION_ATTRIBUTE", "DECISION_SHARE_COLUMN", "EXCLUDED_ATTRIBUTE", "MARGIN_ALL_ATTRIBUTE",
+           "MARGIN_COLUMN", "MARGIN_NONE_ATTRIBUTE", "POSITIVE_SHARE_COLUMN", "USED_ATTRIBUTE",
+           "WITHOUT_DECISION_ATTRIBUTE", "WITHOUT_SENSITIVITY_ATTRIBUTE", "ExplainOutputs", "add_color_legends",
            "composition_array", "explanation_outputs", "find_explanation", "find_explanations",
            "publish_explanation", "publish_segmentation", "relevance_order",
            "remove_outputs", "replaced_outputs", "set_table_counts"]
@@ -50,6 +58,13 @@ EXCLUDED_ATTRIBUTE = "LRPSegmentation.VoxelsExcluded"
 MARGIN_COLUMN = "decision margin kept"
 WITHOUT_SENSITIVITY_ATTRIBUTE = "LRPSegmentation.RelevanceWithoutSensitivity"
 POSITIVE_SHARE_COLUMN = "positive share"
+#: With the decision shares: the column of each sequence's Shapley share of A's decision, the
+#: attribute naming the sequences with relevance but (almost) no share of it (comma-separated),
+#: and A's decision margin with every sequence / with none.
+DECISION_SHARE_COLUMN = vocabulary.DECISION_SHARE_LABEL
+WITHOUT_DECISION_ATTRIBUTE = "LRPSegmentation.RelevanceWithoutDecision"
+MARGIN_ALL_ATTRIBUTE = "LRPSegmentation.DecisionMarginAll"
+MARGIN_NONE_ATTRIBUTE = "LRPSegmentation.DecisionMarginNone"
 #: Node reference roles of the composition volume (saved in the .mrml).
 RELEVANCE_REFERENCE = "LRPSegmentation.Relevance"
 TABLE_REFERENCE = "LRPSegmentation.SharesTable"
@@ -108,8 +123,9 @@ class ExplainOutputs:
     sequence_names: list[str]
     n_used: int
     n_excluded: int
-    caution: str = ""  # with the cross-check: sequences whose relevance the decision does not back
+    caution: str = ""  # sequences whose relevance the decision does not back (decision shares or cross-check)
     positive_shares: np.ndarray | None = None  # (C,) share of the positive relevance, when known
+    decision_shares: np.ndarray | None = None  # (C,) Shapley share of the decision, when computed
 
 
 def publish_explanation(scene: Any, result: ExplainResult, reference_node: Any, folder_name: str | None = None,
@@ -140,6 +156,8 @@ def publish_explanation(scene: Any, result: ExplainResult, reference_node: Any, 
         check_cancel(cancel)
         table = _add_shares_table(scene, result, f"{folder_name} shares", folder)
         chart = mrml.create_shares_bar_chart(scene, table, f"{folder_name} shares chart", folder)
+        if result.decision_shares is not None:
+            _add_decision_series(scene, chart, table, f"{folder_name} shares chart", folder)
         for node in relevance_nodes:
             composition_node.AddNodeReferenceID(RELEVANCE_REFERENCE, node.GetID())
         composition_node.SetNodeReferenceID(TABLE_REFERENCE, table.GetID())
@@ -157,7 +175,8 @@ def publish_explanation(scene: Any, result: ExplainResult, reference_node: Any, 
         raise
     return ExplainOutputs(folder, relevance_nodes, composition_node, table, chart, np.asarray(result.shares), names,
                           result.n_used, result.n_excluded, _caution(table, result.region_name),
-                          np.asarray(result.positive_shares, dtype=np.float64))
+                          np.asarray(result.positive_shares, dtype=np.float64),
+                          None if result.decision_shares is None else np.asarray(result.decision_shares, np.float64))
 
 
 def relevance_order(shares: Sequence[float]) -> list[int]:
@@ -169,6 +188,8 @@ def relevance_order(shares: Sequence[float]) -> list[int]:
 
 def _add_shares_table(scene: Any, result: ExplainResult, name: str, folder_item_id: int) -> Any:
     extra_columns = {POSITIVE_SHARE_COLUMN: result.positive_shares}
+    if result.decision_shares is not None:  # beside the LRP shares
+        extra_columns[DECISION_SHARE_COLUMN] = result.decision_shares
     if result.margin_retained is not None:
         extra_columns[MARGIN_COLUMN] = result.margin_retained
     table = mrml.update_shares_table(None, scene, result.sequence_names, result.shares, extra_columns=extra_columns,
@@ -177,12 +198,42 @@ def _add_shares_table(scene: Any, result: ExplainResult, name: str, folder_item_
     if result.without_sensitivity is not None:
         flagged = [result.sequence_names[c] for c in result.without_sensitivity]
         table.SetAttribute(WITHOUT_SENSITIVITY_ATTRIBUTE, ",".join(flagged))
+    if result.decision_shares is not None:
+        flagged = [result.sequence_names[c] for c in (result.without_decision or [])]
+        table.SetAttribute(WITHOUT_DECISION_ATTRIBUTE, ",".join(flagged))
+        table.SetAttribute(MARGIN_ALL_ATTRIBUTE, repr(float(result.margin_all)))
+        table.SetAttribute(MARGIN_NONE_ATTRIBUTE, repr(float(result.margin_none)))
     return table
 
 
+def _add_decision_series(scene: Any, chart: Any, table: Any, chart_name: str, folder_item_id: int) -> None:
+    """A second bar series on the shares chart: the decision shares beside the LRP shares."""
+    import slicer
+
+    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{chart_name} {DECISION_SHARE_COLUMN}")
+    series.SetAndObserveTableNodeID(table.GetID())
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+    series.SetYColumnName(DECISION_SHARE_COLUMN)
+    series.SetLabelColumnName(mrml.SEQUENCE_COLUMN)
+    series.SetXColumnName("")
+    series.SetColor(0.15, 0.35, 0.8)
+    mrml.move_into_folder(scene, [series], folder_item_id)
+    chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    chart.SetTitle("Share of relevance (LRP) and of the decision (Shapley) per sequence")
+    chart.SetYAxisTitle("Share")
+    chart.SetLegendVisibility(True)
+
+
 def _caution(table_node: Any, region_name: str) -> str:
-    """The distractor caution the table's `WITHOUT_SENSITIVITY_ATTRIBUTE` calls for ("" if none)."""
+    """The caution line the table's flags call for ("" if none): the decision shares' when they were
+    computed, else the cross-check's; none when the flags' column is gone (a repainted region)."""
+    table = table_node.GetTable()
+    flagged = table_node.GetAttribute(WITHOUT_DECISION_ATTRIBUTE)
+    if flagged is not None and table.GetColumnByName(DECISION_SHARE_COLUMN) is not None:
+        return vocabulary.decision_caution(flagged.split(",") if flagged else [], region_name)
     flagged = table_node.GetAttribute(WITHOUT_SENSITIVITY_ATTRIBUTE)
+    if flagged is None or table.GetColumnByName(MARGIN_COLUMN) is None:
+        return ""
     return vocabulary.distractor_caution(flagged.split(",") if flagged else [], region_name)
 
 
@@ -249,12 +300,16 @@ def explanation_outputs(composition_node: Any) -> ExplainOutputs:
     positive_column = table.GetTable().GetColumnByName(POSITIVE_SHARE_COLUMN)
     positive = (None if positive_column is None else
                 np.array([positive_column.GetValue(row) for row in range(table.GetNumberOfRows())], dtype=np.float64))
+    decision_column = table.GetTable().GetColumnByName(DECISION_SHARE_COLUMN)
+    decision = (None if decision_column is None else
+                np.array([decision_column.GetValue(row) for row in range(table.GetNumberOfRows())], dtype=np.float64))
     folder = _folder_of(composition_node)
     folder_name = composition_node.GetScene().GetSubjectHierarchyNode().GetItemName(folder) if folder else ""
     region_name = folder_name.removeprefix("LRP ") if folder else "region A"
     return ExplainOutputs(folder, relevance, composition_node, table, composition_node.GetNodeReference(CHART_REFERENCE),
                           shares, names, int(table.GetAttribute(USED_ATTRIBUTE) or 0),
-                          int(table.GetAttribute(EXCLUDED_ATTRIBUTE) or 0), _caution(table, region_name), positive)
+                          int(table.GetAttribute(EXCLUDED_ATTRIBUTE) or 0), _caution(table, region_name), positive,
+                          decision)
 
 
 def find_explanations(scene: Any) -> list[ExplainOutputs]:

@@ -30,11 +30,15 @@ Requests (``"type"``, then its fields):
 - ``segment`` ``case_id``, ``model`` (the loaded package's path), ``device`` -> ``labels`` (array).
 - ``explain`` ``case_id``, ``model``, ``region`` (array bool (D, H, W)), ``region_name``, ``target``
   (class index), ``contrast`` (bool: class vs rest), ``composite`` (None: the package's),
-  ``device``, ``tolerance`` (None: the engine's), ``cross_check`` (bool) -> the fields of
-  `compute.ExplainResult` (``relevance``, ``composition``, ``shares``, ``positive_shares``,
-  ``margin_retained`` as arrays; ``n_used``, ``n_excluded``, ``sequence_names``, ``region_name``,
-  ``diagnostics``, ``without_sensitivity``) plus ``forward_passes`` (network passes this request
-  ran: 0 when the case's traced pass was reused) and ``forward_reused``.
+  ``device``, ``tolerance`` (None: the engine's), ``cross_check`` (bool), ``shapley`` (optional:
+  bool, or None/absent = with the cross-check: region A's decision shares, 2^C forward passes) ->
+  the fields of `compute.ExplainResult` (``relevance``, ``composition``, ``shares``,
+  ``positive_shares``, ``margin_retained``, ``decision_shares``, ``decision_values`` as arrays or
+  null; ``n_used``, ``n_excluded``, ``sequence_names``, ``region_name``, ``diagnostics``,
+  ``without_sensitivity``, ``margin_all``, ``margin_none``, ``without_decision``) plus
+  ``forward_passes`` (network passes of the traced pass this request ran: 0 when the case's traced
+  pass was reused; the cross-check's and the decision shares' passes are not counted) and
+  ``forward_reused``.
 - ``shutdown`` -> an empty result; then the process exits (it also exits when stdin closes).
 
 ``segment`` and ``explain`` accept ``wait_for_file`` (testing only): wait until that file exists
@@ -326,7 +330,8 @@ class Worker:
         explain = compute.ExplainRequest(
             case.inputs, region, Target(int(_field(request, "target", int)), bool(request.get("contrast", False))),
             composite, _field(request, "device", str), str(request.get("region_name") or "region A"),
-            None if tolerance is None else float(tolerance), bool(request.get("cross_check", False)))
+            None if tolerance is None else float(tolerance), bool(request.get("cross_check", False)),
+            shapley=_optional_bool(request, "shapley"))
         _wait_for_file(request, progress)
         key = (model.sha256, composite, explain.device)
         reused = case.forward is not None and case.forward_key == key
@@ -343,6 +348,15 @@ class Worker:
     def _shutdown(self, request: Message, progress: Callable[[float, str], None]) -> Message:
         self.stopping = True
         return {}
+
+
+def _optional_bool(request: Message, name: str) -> bool | None:
+    """``request[name]``: true, false, or None when absent or null; `RequestError` otherwise."""
+    value = request.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise RequestError("bad_request", f"field '{name}' of a {request.get('type')} request must be true, false "
+                                          f"or null, got {type(value).__name__}")
+    return value
 
 
 def _error(request_id: Any, kind: str, message: str) -> Message:

@@ -337,6 +337,7 @@ class WorkerClient:
                 region_name=request.region_name, target=int(getattr(target, "index", target)),
                 contrast=bool(getattr(target, "contrast", request.contrast)), composite=request.composite,
                 device=request.device or "auto", tolerance=request.tolerance, cross_check=bool(request.cross_check),
+                shapley=None if request.shapley is None else bool(request.shapley),
                 **(options or {}))]
 
         def finish(message: Message) -> ExplainResult:
