@@ -109,6 +109,7 @@ class LRPSegmentationParameterNode:
     composite: Annotated[str, Choice(COMPOSITE_MENU)] = DEFAULT_COMPOSITE
     device: str = "auto"
     crossCheck: bool = True
+    decisionShares: bool = True
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     replacePrevious: bool = True
 
@@ -125,7 +126,7 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     INPUT_WIDGETS = ("modelPathLineEdit", "loadSampleButton", "inputsFrame", "referenceVolumeSelector",
                      "regionSegmentSelector", "openSegmentEditorButton", "regionShortcutsGroupBox",
                      "targetClassComboBox", "classVsRestCheckBox", "compositeComboBox", "crossCheckCheckBox",
-                     "replacePreviousCheckBox", "deviceComboBox", "refreshDeviceButton")
+                     "decisionSharesCheckBox", "replacePreviousCheckBox", "deviceComboBox", "refreshDeviceButton")
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -244,7 +245,7 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Bound through SlicerParameterName in the .ui: referenceVolume, classVsRest, composite,
-            # crossCheck, overlayOpacity, replacePrevious. The rest is wired by hand below.
+            # crossCheck, decisionShares, overlayOpacity, replacePrevious. The rest is wired by hand below.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.updateGuiFromParameterNode()
@@ -682,7 +683,8 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 inputs, reference, regions, self.ui.regionSegmentSelector.currentSegmentID(), package,
                 max(0, self.ui.targetClassComboBox.currentIndex), self.ui.classVsRestCheckBox.checked,
                 self.ui.compositeComboBox.currentText, self.ui.deviceComboBox.currentText,
-                crossCheck=self.ui.crossCheckCheckBox.checked)
+                crossCheck=self.ui.crossCheckCheckBox.checked,
+                decisionShares=self.ui.decisionSharesCheckBox.checked)
 
             def finish(job):
                 outputs = publish(job)

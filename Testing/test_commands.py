@@ -59,13 +59,15 @@ def test_predict_explain_evaluate_as_processes(data, tmp_path):
 
 def test_cohort_as_a_process(data, tmp_path):
     done = lrpseg("cohort", "--model", data["model"], "--cases", data["cohort"], "--region", "mask",
-                  "--device", "cpu", "--output", tmp_path / "cohort")
+                  "--target", "0", "--shapley", "--device", "cpu", "--output", tmp_path / "cohort")
     # case-c lacks its T2 image: reported, the others finish, exit status 1
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "case-c" in done.stderr + done.stdout
     for name in ("case-a", "case-b"):
         assert (tmp_path / "cohort" / "cases" / name / "done.json").is_file()
     assert (tmp_path / "cohort" / "cohort_shares.csv").is_file()
+    summary = json.loads((tmp_path / "cohort" / "cohort_summary.json").read_text())
+    assert "mean_shapley_share" in json.dumps(summary)  # --shapley reached the cohort
 
 
 def test_lrpseg_demo_as_a_process(tmp_path):

@@ -272,7 +272,7 @@ def cmd_cohort(args) -> int:
                                    target=args.target, contrast=args.contrast, composite=args.composite,
                                    device=args.device, overwrite=args.overwrite, threads=args.threads,
                                    executor=args.executor, workers=args.workers, scheduler=args.scheduler,
-                                   progress=report.case, on_start=report.start)
+                                   progress=report.case, on_start=report.start, shapley=args.shapley)
     finally:
         report.close()
     failed = result.failed
@@ -490,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "must see the same paths)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per case (default: CPU cores / workers for the local executor)")
+    p.add_argument("--shapley", action=argparse.BooleanOptionalAction, default=False,
+                   help="also each case's decision shares (exact Shapley values of the decision margin, 2^C more "
+                        "forward passes per case): a shapley_share column, mean_shapley_share in the summary and a "
+                        "decision-share panel in the chart (default: off)")
     _add_common(p)
     p.set_defaults(func=cmd_cohort)
 
