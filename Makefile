@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q Testing
+	$(PY) -m pytest -q --durations=15 Testing
 
 demo: $(STAMP)
 	$(PY) -m LRPSegmentationLib.demo --output $(DEMO_OUTPUT)

@@ -91,7 +91,7 @@ def test_help(capfd):
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: lrpseg explain: argument --region")
     done = subprocess.run([sys.executable, "-m", "LRPSegmentationLib.cli", "cohort", "--help"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, encoding="utf-8", timeout=60)
     assert done.returncode == 0 and "--scheduler" in done.stdout
 
 
@@ -141,7 +141,7 @@ def test_explain_writes_everything(data, capfd, tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["sequence"] for r in rows] == SEQUENCES
     assert sum(float(r["share"]) for r in rows) == pytest.approx(1.0, abs=1e-4)
-    summary = json.loads((output / "summary.json").read_text())
+    summary = json.loads((output / "summary.json").read_text(encoding="utf-8"))
     assert sum(summary["regions"]["mask"]["shares"].values()) == pytest.approx(1.0, abs=1e-4)
     assert summary["regions"]["mask"]["voxels_used"] + summary["regions"]["mask"]["voxels_excluded"] == \
         int(sitk.GetArrayFromImage(sitk.ReadImage(str(data["case"] / "mask.nrrd"))).sum())
@@ -246,7 +246,7 @@ def test_cohort_local_reports_the_broken_case_and_resumes(local_cohort, capfd):
     assert sum(float(r["mean_rank"]) for r in summary) == pytest.approx(sum(range(1, 7)))
     shares = np.array([[float(r["share"]) for r in rows if r["sequence"] == s] for s in SEQUENCES])
     assert [float(r["mean"]) for r in summary] == pytest.approx(shares.mean(1).tolist())
-    data = json.loads((output / "cohort_summary.json").read_text())
+    data = json.loads((output / "cohort_summary.json").read_text(encoding="utf-8"))
     assert set(data["summary"]["mask"]) == set(SEQUENCES)
     assert (output / "cohort_shares.png").stat().st_size > 0
 
@@ -304,7 +304,7 @@ def test_evaluate_writes_its_outputs(data, capfd, tmp_path):
                          "--mask", data["case"] / "mask.nrrd", "--steps", "3", "--patch", "8", "8", "8",
                          "--output", output)
     assert code == 0, err
-    report = json.loads((output / "evaluation.json").read_text())
+    report = json.loads((output / "evaluation.json").read_text(encoding="utf-8"))
     region = report["regions"]["mask"]
     assert set(region["aopc"]) == {"morf", "lerf", "random"}
     assert len(region["perturbation"]["morf"]["scores"]) == 4

@@ -25,7 +25,7 @@ def test_run_case_is_picklable_and_reports_empty_regions(data, tmp_path):
     assert status["status"] == "done", status
     assert status["rows"] == [] and "region 'mask' is empty" in status["message"]
     folder = tmp_path / "out" / "cases" / "case_1"
-    assert json.loads((folder / "done.json").read_text())["notes"] == [status["message"]]
+    assert json.loads((folder / "done.json").read_text(encoding="utf-8"))["notes"] == [status["message"]]
     assert (folder / "segmentation.nrrd").is_file()
     assert [p.name for p in (tmp_path / "out" / "cases").iterdir()] == ["case_1"]  # no scratch left
     assert cohort.run_case(spec, settings)["status"] == "skipped"
@@ -98,10 +98,10 @@ def test_evaluate_case_from_python_is_what_the_command_writes(data, capfd, tmp_p
                      "--mask", str(data["case"] / "mask.nrrd"), "--steps", "2", "--patch", "8", "8", "8",
                      "--output", str(tmp_path / "command")])
     assert code == 0, capfd.readouterr().err
-    assert json.loads((tmp_path / "command" / "evaluation.json").read_text()) == \
-        json.loads((folder / "evaluation.json").read_text())
+    assert json.loads((tmp_path / "command" / "evaluation.json").read_text(encoding="utf-8")) == \
+        json.loads((folder / "evaluation.json").read_text(encoding="utf-8"))
     for name in ("ablation.csv", "perturbation_mask.csv"):
-        assert (tmp_path / "command" / name).read_text() == (folder / name).read_text()
+        assert (tmp_path / "command" / name).read_text(encoding="utf-8") == (folder / name).read_text(encoding="utf-8")
 
 
 def test_cohort_decision_shares_stand_beside_the_lrp_shares(data, tmp_path):
@@ -116,7 +116,7 @@ def test_cohort_decision_shares_stand_beside_the_lrp_shares(data, tmp_path):
     statuses = [cohort.run_case(spec, settings) for spec in specs]
     assert [s["status"] for s in statuses] == ["done", "done"], statuses
     for status in statuses:
-        saved = json.loads((output / "cases" / status["case"] / "shapley.json").read_text())
+        saved = json.loads((output / "cases" / status["case"] / "shapley.json").read_text(encoding="utf-8"))
         assert set(saved) == {"predicted", "mask"}
         for region, report in saved.items():
             rows = [r for r in status["rows"] if r["region"] == region]

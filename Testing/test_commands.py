@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not LRPSEG.exists(), reason="the lrpseg console 
 
 
 def lrpseg(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LRPSEG), "--quiet", *[str(a) for a in argv]], capture_output=True, text=True,
+    return subprocess.run([str(LRPSEG), "--quiet", *[str(a) for a in argv]], capture_output=True, text=True, encoding="utf-8",
                           timeout=900)
 
 
@@ -42,13 +42,13 @@ def test_predict_explain_evaluate_as_processes(data, tmp_path):
     done = lrpseg("explain", "--model", model, "--case", case, "--region", "mask", "tp", "--mask", case / "mask.nrrd",
                   "--device", "cpu", "--output", tmp_path / "explain")
     assert_ok(done)
-    shares = json.loads((tmp_path / "explain" / "mask" / "shares.json").read_text())
+    shares = json.loads((tmp_path / "explain" / "mask" / "shares.json").read_text(encoding="utf-8"))
     assert {row["sequence"] for row in shares["shares"]} == set(SEQUENCES)
 
     done = lrpseg("evaluate", "--model", model, "--case", case, "--region", "mask", "--mask", case / "mask.nrrd",
                   "--steps", "2", "--patch", "8", "8", "8", "--device", "cpu", "--output", tmp_path / "evaluate")
     assert_ok(done)
-    assert "mask" in json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())["regions"]
+    assert "mask" in json.loads((tmp_path / "evaluate" / "evaluation.json").read_text(encoding="utf-8"))["regions"]
 
     # bad input: one line, exit status 2, nothing written
     done = lrpseg("explain", "--model", model, "--case", case, "--region", "mask", "--mask", case / "mask.nrrd",
@@ -66,7 +66,7 @@ def test_cohort_as_a_process(data, tmp_path):
     for name in ("case-a", "case-b"):
         assert (tmp_path / "cohort" / "cases" / name / "done.json").is_file()
     assert (tmp_path / "cohort" / "cohort_shares.csv").is_file()
-    summary = json.loads((tmp_path / "cohort" / "cohort_summary.json").read_text())
+    summary = json.loads((tmp_path / "cohort" / "cohort_summary.json").read_text(encoding="utf-8"))
     assert "mean_shapley_share" in json.dumps(summary)  # --shapley reached the cohort
 
 

@@ -22,7 +22,7 @@ def make_demo(output: Path) -> subprocess.CompletedProcess:
     """``make demo`` in the repository with this test run's venv; ``-o`` keeps make from reinstalling it."""
     return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-o", str(STAMP), "demo",
                            f"VENV={VENV}", f"DEMO_OUTPUT={output}"],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, encoding="utf-8", timeout=900)
 
 
 @pytest.mark.skipif(not STAMP.exists(), reason="run through `make test` (the venv that make builds)")
@@ -37,7 +37,7 @@ def test_make_demo_exits_0_writes_every_output_and_refuses_to_overwrite(tmp_path
     segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(output / "segmentation.nrrd")))
     assert segmentation.max() == 1
     for region in ("predicted", "tp", "fn", "fp"):
-        shares = json.loads((output / region / "shares.json").read_text())
+        shares = json.loads((output / region / "shares.json").read_text(encoding="utf-8"))
         assert set(phantom.SEQUENCES) <= set(json.dumps(shares).split('"'))
         for name in phantom.SEQUENCES:
             relevance = sitk.GetArrayFromImage(sitk.ReadImage(str(output / region / f"relevance_{name}.nrrd")))
@@ -45,7 +45,7 @@ def test_make_demo_exits_0_writes_every_output_and_refuses_to_overwrite(tmp_path
         assert (output / region / "relevance.png").stat().st_size > 0
     assert (output / "shares.png").stat().st_size > 0
     assert (output / "slicer-scene" / "scene.mrml").is_file()
-    report = (output / "report.txt").read_text()
+    report = (output / "report.txt").read_text(encoding="utf-8")
     assert "tumour Dice" in report and "decision margin of the true positives" in report
     assert report.strip() in done.stdout
     # A second run without --overwrite stops with a one-line message and leaves the files as they were.
@@ -69,7 +69,7 @@ def test_a_process_that_wrote_a_slicer_scene_exits_0(tmp_path):
         "package = load_package(demo.DEMO_MODEL)\n"
         "result = pipeline.explain_case(demo.phantom_case(9001, (16, 48, 48)), package.build(), package, device='cpu')\n"
         "print(save_slicer_scene(result, sys.argv[1], package))\n")
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], capture_output=True, text=True, encoding="utf-8",
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("scene.mrml")

@@ -301,7 +301,7 @@ def test_window_package_round_trip(tmp_path):
                                       "clip": True}]
     saved = load_package(package.save(tmp_path / "ct.lrpmodel"))
     assert saved.normalization == package.normalization
-    stored = json.loads((tmp_path / "ct.lrpmodel" / "model.json").read_text())
+    stored = json.loads((tmp_path / "ct.lrpmodel" / "model.json").read_text(encoding="utf-8"))
     assert stored["input"]["sequences"][0]["normalization"]["type"] == "window"
     # A constant image is fine for a fixed window (no statistics): air everywhere → range[0].
     assert (normalize(np.full((2, 2, 2), -1000.0), window) == 0.0).all()
@@ -331,7 +331,7 @@ def test_describe_is_torch_free_and_matches_load(mri_bundle):
     code = ("import sys; from pathlib import Path; from LRPSegmentationLib.models import monai_bundle; "
             f"d = monai_bundle.describe(Path({str(mri_bundle)!r})); "
             "assert 'torch' not in sys.modules, 'torch imported'; print(d.sequences, d.class_names, d.patch_size)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['T1c', 'FLAIR'] ['background', 'oedema', 'tumour'] [12, 16, 20]"
     assert read_description(mri_bundle) == monai_bundle.describe(mri_bundle)  # what the Slicer module reads
@@ -470,9 +470,9 @@ def test_lrpseg_explain_runs_on_a_bundle_folder(mri_bundle, tmp_path):
         [sys.executable, "-m", "LRPSegmentationLib.cli", "explain", "--model", str(mri_bundle),
          "--sequence", f"T1c={files[0]}", "--sequence", f"FLAIR={files[1]}", "--region", "mask",
          "--mask", str(sitk_mask), "--target", "tumour", "--output", str(tmp_path / "out"), "--device", "cpu"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     assert summary["model"] == "Test bundle" and summary["sequences"] == ["T1c", "FLAIR"]
     region = summary["regions"]["mask"]
     assert region["voxels_used"] + region["voxels_excluded"] == int(mask.sum())

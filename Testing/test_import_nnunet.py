@@ -154,7 +154,7 @@ def nnunet_logits(folder: Path, data: torch.Tensor, mirroring: bool = True) -> t
     """nnUNetPredictor on one patch: per fold the mirrored mean (_internal_maybe_mirror_and_predict),
     summed over folds then divided by their number. ``data``: (C, D, H, W) preprocessed, in our
     (= SimpleITK) axis order; transposed as nnU-Net's preprocessing does, and the logits back."""
-    plans = json.loads((folder / "plans.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     network = nnunet_network(plans).eval()
     x = data.permute(0, *[a + 1 for a in plans["transpose_forward"]])[None]
     prediction = None
@@ -275,9 +275,9 @@ def test_cli_explain_runs_as_a_process(model_folder, case_folder, tmp_path):
     done = subprocess.run([sys.executable, "-m", "LRPSegmentationLib.cli", "--quiet", "explain", "--model",
                            str(model_folder), "--case", str(case_folder), "--region", "predicted", "--target",
                            "liver", "--output", str(tmp_path / "out"), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     shares = summary["regions"]["predicted"]["shares"]
     assert set(shares) == {"CT", "MR"} and abs(sum(shares.values()) - 1.0) < 1e-6
 
@@ -345,7 +345,7 @@ def _broken(tmp_path: Path, model_folder: Path, name: str) -> Path:
 
 
 def _edit_plans(folder: Path, edit) -> None:
-    plans = json.loads((folder / "plans.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     edit(plans)
     (folder / "plans.json").write_text(json.dumps(plans))
 
@@ -378,8 +378,8 @@ def test_bad_folders_exit_2_with_one_line(model_folder, case_folder, tmp_path, c
         _edit_plans(folder, lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(
             nonlin="os.system"))
     elif breakage == "unexpected_object":
-        plans = json.loads((folder / "plans.json").read_text())
-        write_fold(folder, 1, plans, json.loads((folder / "dataset.json").read_text()), intruder=True)
+        plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
+        write_fold(folder, 1, plans, json.loads((folder / "dataset.json").read_text(encoding="utf-8")), intruder=True)
     elif breakage in ("missing_plans", "missing_dataset"):
         (folder / f"{breakage.split('_')[1]}.json").unlink()
     elif breakage == "unknown_normalization":

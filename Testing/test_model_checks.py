@@ -34,7 +34,7 @@ def saved(tmp_path):
 
 
 def edit_json(folder: Path, edit) -> None:
-    meta = json.loads((folder / "model.json").read_text())
+    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     edit(meta)
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
 

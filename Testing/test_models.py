@@ -176,7 +176,7 @@ def test_library_works_without_monai(tmp_path):
         assert "monai" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
         print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
@@ -209,7 +209,7 @@ def saved(tmp_path, seed_case):
 
 
 def edit_json(folder: Path, edit) -> None:
-    meta = json.loads((folder / "model.json").read_text())
+    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     edit(meta)
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
 
@@ -328,7 +328,7 @@ def test_save_never_overwrites_unless_asked(saved, seed_case):
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a model package"):
         package.save(other, overwrite=True)
-    assert (other / "notes.txt").read_text() == "keep me"
+    assert (other / "notes.txt").read_text(encoding="utf-8") == "keep me"
     with pytest.raises(ValueError, match=r"'<name>\.lrpmodel'"):
         package.save(folder.parent / "model.pt")
 

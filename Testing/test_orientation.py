@@ -104,12 +104,12 @@ def tiny_package(orientation: str | None):
 
 def test_package_round_trip_and_older_files(tmp_path):
     saved = tiny_package("ras").save(tmp_path / "oriented.lrpmodel")
-    meta = json.loads((saved / "model.json").read_text())
+    meta = json.loads((saved / "model.json").read_text(encoding="utf-8"))
     assert meta["input"]["orientation"] == "RAS"  # canonical upper case
     assert load_package(saved).orientation == "RAS" and read_description(saved).orientation == "RAS"
     # A package written before the field (no "orientation" key) loads, keeping the stored voxel order.
     plain = tiny_package(None).save(tmp_path / "plain.lrpmodel")
-    assert "orientation" not in json.loads((plain / "model.json").read_text())["input"]
+    assert "orientation" not in json.loads((plain / "model.json").read_text(encoding="utf-8"))["input"]
     assert load_package(plain).orientation is None
     # A bad code in a hand-edited model.json: one line naming the file.
     meta["input"]["orientation"] = "RAP"
@@ -142,9 +142,9 @@ def test_lrpseg_explain_and_predict_on_an_lps_image_follow_monai(ct_bundle, tmp_
     mask_file = write_image(tmp_path / "mask.nii.gz", mask, direction=tuple(np.eye(3).ravel()))
     done = subprocess.run([sys.executable, "-m", "LRPSegmentationLib.cli", "explain", *common, "--target", "spleen",
                            "--region", "mask", "--mask", str(mask_file), "--output", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert done.returncode == 0, done.stderr
-    region = json.loads((tmp_path / "out" / "summary.json").read_text())["regions"]["mask"]
+    region = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))["regions"]["mask"]
     assert region["voxels_used"] + region["voxels_excluded"] == int(mask.sum())  # moved exactly, not resampled
     segmentation = sitk.ReadImage(str(tmp_path / "out" / "segmentation.nrrd"))
     assert Geometry.from_image(segmentation).same_grid(case.geometry)  # the reoriented grid, its true geometry
@@ -172,7 +172,7 @@ def test_slicer_refuses_a_reference_stored_in_another_orientation(mrml_scene, tm
     lps = slicer.util.addVolumeFromArray(values, np.diag([-1.0, -1.0, 1.0, 1.0]), "T1 LPS")
     # What the module passes: the model's description, read from model.json (here in lower case).
     saved = tiny_package("RAS").save(tmp_path / "oriented.lrpmodel")
-    (saved / "model.json").write_text((saved / "model.json").read_text().replace('"RAS"', '"ras"'))
+    (saved / "model.json").write_text((saved / "model.json").read_text(encoding="utf-8").replace('"RAS"', '"ras"'))
     package = logic.read_package_info(str(saved))
     assert package.orientation == "ras"
     assert logic.prepare_inputs([ras], ras, package).array.shape == (1, 4, 4, 4)

@@ -25,7 +25,7 @@ CLI = [sys.executable, "-m", "LRPSegmentationLib.cli", "--quiet"]
 
 def lrpseg(*argv, **options) -> subprocess.Popen:
     return subprocess.Popen([*CLI, *[str(a) for a in argv]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **options)
+                            text=True, encoding="utf-8", **options)
 
 
 def explain_args(data, output, *extra):
@@ -145,7 +145,7 @@ def test_overwrite_refuses_a_folder_that_holds_no_earlier_output(data, capfd, tm
     (output / "notes.txt").write_text("someone's data")
     code, _, err = run(capfd, *explain_args(data, output, "--overwrite"))
     assert_one_line_error(code, err, "holds no earlier output")
-    assert (output / "notes.txt").read_text() == "someone's data"
+    assert (output / "notes.txt").read_text(encoding="utf-8") == "someone's data"
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]
 
 
@@ -165,7 +165,7 @@ def test_atomic_folder_rolls_back_and_cleans_leftovers(tmp_path):
     final = tmp_path / "out"
     with outputs.atomic_folder(final) as temp:
         (temp / "a.txt").write_text("1")
-    assert (final / "a.txt").read_text() == "1"
+    assert (final / "a.txt").read_text(encoding="utf-8") == "1"
     with pytest.raises(RuntimeError):
         with outputs.atomic_folder(final, overwrite=True, markers=("a.txt",)) as temp:
             (temp / "b.txt").write_text("2")
@@ -175,7 +175,7 @@ def test_atomic_folder_rolls_back_and_cleans_leftovers(tmp_path):
         with outputs.atomic_folder(final):
             pass
     # the temporary folder of a process that no longer runs is removed; one of a running process is not
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, encoding="utf-8")
     host = outputs._HOST
     stale = tmp_path / f".out.partial-{host}-{int(dead.stdout)}"
     alive = tmp_path / f".out.partial-{host}-{os.getppid()}"
@@ -204,7 +204,7 @@ def _children(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
+                stat = (entry / "stat").read_text(encoding="utf-8")
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
@@ -215,7 +215,7 @@ def _children(pid: int) -> list[int]:
 
 def _running(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
     return state != "Z"  # a zombie has ended (nobody may reap it in a container)
@@ -258,7 +258,7 @@ def _lrpseg_on_tmpfs(mount: Path, options: str, *argv) -> tuple[subprocess.Compl
     command = (f"mount -t tmpfs -o {options} tmpfs {shlex.quote(str(mount))} || exit 99; "
                f"{shlex.join([*CLI, *[str(a) for a in argv]])}; status=$?; "
                f"echo '--- listing'; ls -A {shlex.quote(str(mount))}; exit $status")
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert done.returncode != 99, done.stderr
     return done, done.stdout.split("--- listing\n", 1)[1].split()
 

@@ -76,7 +76,7 @@ def test_explain_case_equals_the_engine_and_writes_outputs(case_files, package, 
         assert written.GetSize() == case.geometry.size
         np.testing.assert_allclose(written.GetSpacing(), case.geometry.spacing)
         assert (out / f"composition_{name}.nrrd").exists()
-    shares = json.loads((out / "truth" / "shares.json").read_text())
+    shares = json.loads((out / "truth" / "shares.json").read_text(encoding="utf-8"))
     assert abs(sum(row["share"] for row in shares["shares"]) - 1) < 1e-5
     assert summary["regions"]["truth"]["voxels_used"] == direct.n_used
     assert (out / "shares.png").stat().st_size > 0 and (out / "truth" / "relevance.png").exists()

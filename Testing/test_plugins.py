@@ -39,10 +39,10 @@ def install_distribution(site: Path, name: str, entry_points: dict[str, str], mo
 
 def install_example(site: Path) -> tuple[str, str]:
     """The shipped example plugin, its entry point taken from its pyproject.toml."""
-    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     entry_points = project["entry-points"][GROUP]
     module = "lrpseg_plugin_example"
-    install_distribution(site, project["name"], entry_points, {module: (EXAMPLE / f"{module}.py").read_text()})
+    install_distribution(site, project["name"], entry_points, {module: (EXAMPLE / f"{module}.py").read_text(encoding="utf-8")})
     (name, value), = entry_points.items()
     return name, value
 
@@ -85,14 +85,14 @@ def test_example_plugin_is_listed_loaded_and_explained_by_lrpseg(plugin_site, tm
             str(case), "--region", "mask", "--mask", str(case / "mask.nrrd"), "--output", str(tmp_path / "out"),
             "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    shares = json.loads((tmp_path / "out" / "summary.json").read_text())["regions"]["mask"]["shares"]
+    shares = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))["regions"]["mask"]["shares"]
     assert set(shares) == {"T1", "T2"} and abs(sum(shares.values()) - 1.0) < 1e-6
     # without the plugin installed, the same package is refused in one line that says how to add it
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
     argv[-3] = str(tmp_path / "out2")
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", timeout=300, env=env)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "unknown architecture 'example.TinyUNet'" in done.stderr and GROUP in done.stderr
 

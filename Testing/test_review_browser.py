@@ -258,7 +258,7 @@ def test_segment_paint_explain_export_and_repaint_in_the_browser(review_server, 
     page.click("#btn-export")
     status = server.wait_for(lambda s: s["last_export"] and not s["busy"], "Export", EXPLAIN_S)
     exported = Path(status["last_export"])
-    summary = json.loads((exported / "summary.json").read_text())
+    summary = json.loads((exported / "summary.json").read_text(encoding="utf-8"))
     assert (exported / "mask.nrrd").is_file() and (exported / "mask" / "shares.csv").is_file()
     assert status["counters"]["forward_passes"] == 2  # the prediction, then the traced pass reused by Export
 
@@ -267,9 +267,9 @@ def test_segment_paint_explain_export_and_repaint_in_the_browser(review_server, 
     output = tmp_path / "cli"
     done = subprocess.run(_lrpseg("-q", "explain", "--model", status["model"], *sum(
         (["--sequence", f"{name}={files[name]}"] for name in status["sequences"]), []), "--region", "mask",
-        "--mask", str(exported / "mask.nrrd"), "--output", str(output)), capture_output=True, text=True, timeout=600)
+        "--mask", str(exported / "mask.nrrd"), "--output", str(output)), capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert done.returncode == 0, done.stderr
-    cli = json.loads((output / "summary.json").read_text())["regions"]["mask"]
+    cli = json.loads((output / "summary.json").read_text(encoding="utf-8"))["regions"]["mask"]
     assert cli["voxels_used"] == status["n_used"] == summary["regions"]["mask"]["voxels_used"]
     for name in status["sequences"]:
         assert abs(cli["shares"][name] - shares[name]) < 1e-4, (name, cli["shares"], shares)
@@ -323,11 +323,11 @@ def test_token_is_checked_on_connection(review_server, page):
 def test_non_local_host_without_token_refuses_to_start(host, tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "LRPSEG_REVIEW_TOKEN"}
     done = subprocess.run(_lrpseg("review", "--host", host, "--port", str(_free_port())), capture_output=True,
-                          text=True, timeout=120, env=env, cwd=tmp_path)
+                          text=True, encoding="utf-8", timeout=120, env=env, cwd=tmp_path)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--token" in lines[0], done.stderr
-    done = subprocess.run(_lrpseg("review", "--host", host, "--token", "short"), capture_output=True, text=True,
+    done = subprocess.run(_lrpseg("review", "--host", host, "--token", "short"), capture_output=True, text=True, encoding="utf-8",
                           timeout=120, env=env, cwd=tmp_path)
     assert done.returncode == 2 and "too short" in done.stderr
 

@@ -205,12 +205,12 @@ def test_explain_and_evaluate_print_both_columns(data, capfd, tmp_path):
     assert cli.main(["--quiet", "explain", *common, "--shapley", "--output", str(tmp_path / "explained")]) == 0
     out = capfd.readouterr().out
     assert "decision share (Shapley)" in out and "LRP share" in out
-    saved = json.loads((tmp_path / "explained" / "shapley.json").read_text())["predicted"]
+    saved = json.loads((tmp_path / "explained" / "shapley.json").read_text(encoding="utf-8"))["predicted"]
     assert sum(saved["shares"].values()) == pytest.approx(1.0)
     assert f"{100 * saved['shares']['T2']:.1f}%" in out
     assert cli.main(["--quiet", "evaluate", *common, "--steps", "1", "--patch", "8", "8", "8", "--no-shapley",
                      "--output", str(tmp_path / "evaluated")]) == 0
-    report = json.loads((tmp_path / "evaluated" / "evaluation.json").read_text())
+    report = json.loads((tmp_path / "evaluated" / "evaluation.json").read_text(encoding="utf-8"))
     assert report["regions"]["predicted"]["shapley"] is None
     assert "decision share (Shapley)" not in capfd.readouterr().out
 

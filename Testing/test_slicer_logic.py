@@ -911,5 +911,5 @@ def test_the_slicer_wing_imports_without_torch():
               "LRPSegmentationLib.slicer.publish, LRPSegmentationLib.slicer.scene, LRPSegmentationLib.slicer.jobs, "
               "LRPSegmentationLib.slicer.compute, LRPSegmentationLib.slicer.worker_client\n"
               "print('torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

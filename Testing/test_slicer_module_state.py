@@ -129,7 +129,7 @@ def test_the_module_never_imports_torch_to_show_its_status():
     script = ("import sys; from LRPSegmentationLib.slicer.headless import start_slicer; start_slicer()\n"
               "from LRPSegmentationLib.slicer.module_logic import ModuleLogic\n"
               "print(ModuleLogic().torchStatus()); print('torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert done.returncode == 0, done.stderr
     status, imported = done.stdout.strip().splitlines()[-2:]
     assert status.startswith("PyTorch ") and imported == "False"
@@ -412,7 +412,7 @@ def test_the_self_test_checks_everything_but_the_network_without_torch(tmp_path)
         "from LRPSegmentationLib.slicer import module_checks, module_logic\n"
         f"module_checks.check_without_network(clear_scene(), module_logic.RESOURCES, {str(tmp_path)!r})\n"
         "print('torch' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
 

@@ -93,7 +93,7 @@ def test_module_imports_no_torch_at_import_time():
 def _modules_loaded_by(statement: str) -> set[str]:
     """Top-level packages in sys.modules after ``statement`` in a fresh interpreter."""
     script = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", timeout=120,
                           cwd=MODULE_DIR)
     assert done.returncode == 0, done.stderr
     return set(done.stdout.split())

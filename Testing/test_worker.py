@@ -249,7 +249,7 @@ for request in [dict(type="load_model", path={package_path!r}),
     assert answer["type"] == "result", answer
 print(sorted(m for m in ("slicer", "vtk", "vtkmodules", "qt", "ctk") if m in sys.modules))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

@@ -10,8 +10,15 @@ Prints, side by side, time and peak memory of:
 Memory: on CUDA, peak allocated during the call minus what was allocated before (model, input);
 on CPU, each measurement runs in a fresh subprocess and reports peak RSS minus RSS before the call.
 
+``--ratios`` (the issue's targets): in ONE process, rounds of gradient, explain_region and
+composition for each composite in ``--composites``, interleaved so that a machine's load hits
+them alike; best of ``--repeat`` rounds, each as a ratio to the gradient of the same run. Peak
+memory of each comes from one run in a fresh subprocess started before (CPU) or from the CUDA
+allocator's peak during its timed calls.
+
 Usage:
   python bench/bench_engine.py                         # CPU: 6×64×64×32, 22.6 M-parameter U-Net
+  python bench/bench_engine.py --ratios --repeat 5 --json bench/reference/cpu_engine_ratios.json
   python bench/bench_engine.py --device cuda --shape 6 128 128 64 --region-voxels 10059
   python bench/bench_engine.py --network monai.SegResNet --shape 4 96 96 64 --region-voxels 2000
   python bench/bench_engine.py --network monai.SwinUNETR --shape 4 64 64 64 --region-voxels 2000
@@ -115,7 +122,7 @@ def run_once(name, model, x, region, args):
 
 
 def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -150,6 +157,77 @@ def measure(name, args):
     return {"name": name, "seconds": min(times), "peak_gib": peak}
 
 
+RATIO_MEASUREMENTS = ("explain_region", "composition")
+
+
+def measure_ratios(args) -> list[dict]:
+    """Best-of-``repeat`` times of the gradient and, per composite, explain_region and composition,
+    interleaved round by round in this process (after one warm-up round); peak memory per
+    measurement as in `measure` (CPU: a fresh subprocess each, one timed call)."""
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    entries = [("gradient", args.composite)] + [(name, c) for name in RATIO_MEASUREMENTS for c in args.composites]
+    seconds = {entry: float("inf") for entry in entries}
+    peaks = {entry: 0.0 for entry in entries}
+    if not cuda:  # first: a child forked from a process holding the case would inherit its peak RSS
+        for name, composite in entries:
+            forwarded = [a for a in sys.argv[1:] if a != "--ratios"]
+            if "--json" in forwarded:
+                i = forwarded.index("--json")
+                del forwarded[i:i + 2]
+            command = [sys.executable, __file__, *forwarded, "--only", name, "--composite", composite,
+                       "--repeat", "1"]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            peaks[name, composite] = json.loads(output.strip().splitlines()[-1])["peak_gib"]
+    model, x, region = make_case(args)
+    for round_ in range(args.repeat + 1):  # round 0 warms up (allocator, oneDNN/cuDNN choices)
+        for name, composite in entries:
+            run_args = argparse.Namespace(**vars(args) | {"composite": composite})
+            if cuda:
+                sync()
+                torch.cuda.empty_cache()
+                before = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            out = run_once(name, model, x, region, run_args)
+            sync()
+            if round_:
+                seconds[name, composite] = min(seconds[name, composite], time.perf_counter() - start)
+                if cuda:
+                    peaks[name, composite] = max(peaks[name, composite],
+                                                 (torch.cuda.max_memory_allocated() - before) / 2 ** 30)
+            del out
+    grad = (seconds[entries[0]], peaks[entries[0]])
+    return [{"name": name, "composite": composite, "seconds": seconds[name, composite],
+             "peak_gib": peaks[name, composite], "time_ratio": seconds[name, composite] / grad[0],
+             "memory_ratio": peaks[name, composite] / grad[1] if grad[1] > 0 else None}
+            for name, composite in entries]
+
+
+def describe_machine(args) -> str:
+    return (torch.cuda.get_device_name() if args.device.startswith("cuda")
+            else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+
+
+def main_ratios(args) -> None:
+    results = measure_ratios(args)
+    machine = describe_machine(args)
+    torch.manual_seed(0)
+    params = sum(p.numel() for p in make_model(args).parameters()) / 1e6
+    print(f"{machine}; torch {torch.__version__}; {args.network} {params:.1f} M parameters; input {tuple(args.shape)}; "
+          f"|A| = {args.region_voxels}; fp32, TF32 off; best of {args.repeat} interleaved rounds")
+    print(f"{'computation':<42} {'time':>9} {'× grad':>7} {'peak mem':>10} {'× grad':>7}")
+    for r in results:
+        label = r["name"] if r["name"] == "gradient" else f"{r['name']} ({r['composite']})"
+        memory = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] is not None else "-"
+        print(f"{label:<42} {r['seconds']:8.3f}s {r['time_ratio']:7.2f} {r['peak_gib']:8.2f}GiB {memory:>7}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "mode": "ratios",
+                                         "args": vars(args) | {"json": str(args.json)}, "results": results},
+                                        indent=2))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=4, default=[6, 64, 64, 32], metavar=("C", "D", "H", "W"))
@@ -163,8 +241,15 @@ def main():
     parser.add_argument("--only", choices=MEASUREMENTS, help="run one measurement (used for CPU subprocesses)")
     parser.add_argument("--skip", nargs="*", default=[], choices=MEASUREMENTS)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--ratios", action="store_true",
+                        help="gradient, explain_region and composition interleaved in one process (see above)")
+    parser.add_argument("--composites", nargs="+", default=["epsilon", "epsilon_gamma_box"],
+                        help="composites of the --ratios rows")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if args.ratios and not args.only:
+        main_ratios(args)
+        return
     if args.only:
         print(json.dumps(measure(args.only, args)))
         return
@@ -187,8 +272,7 @@ def main():
         print(f"  {results[-1]['name']:<16} {results[-1]['seconds']:9.3f} s  {results[-1]['peak_gib']:7.2f} GiB",
               flush=True)
     by_name = {r["name"]: r for r in results}
-    machine = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    machine = describe_machine(args)
     torch.manual_seed(0)
     params = sum(p.numel() for p in make_model(args).parameters()) / 1e6
     print(f"\n{machine}; torch {torch.__version__}; {args.network} {params:.1f} M parameters; "

@@ -57,7 +57,7 @@ def run_once(name, model, x, region, args, progress=None):
 
 
 def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")

@@ -327,7 +327,7 @@ def _check_folder_names(specs: Sequence[CaseSpec], settings: CohortSettings) -> 
 
 def _read_done(folder: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / DONE_MARKER).read_text())
+        return json.loads((folder / DONE_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -341,7 +341,7 @@ def _check_manifest(output: Path, settings: CohortSettings) -> None:
     manifest = settings.manifest()
     if manifest_path.exists() and not settings.overwrite:
         try:
-            previous = json.loads(manifest_path.read_text()).get("settings", {})
+            previous = json.loads(manifest_path.read_text(encoding="utf-8")).get("settings", {})
         except (OSError, ValueError):
             previous = None
         if previous != manifest:

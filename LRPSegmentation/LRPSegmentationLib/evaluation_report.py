@@ -227,7 +227,7 @@ def write_evaluation_files(result: CaseEvaluation, folder: Path) -> None:
     folder = Path(folder)
     report, ablation = result.report, result.ablation
     sequences = report["sequences"]
-    with writing(folder), open(folder / "ablation.csv", "w", newline="") as handle:
+    with writing(folder), open(folder / "ablation.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         decided = [n for n, r in report["regions"].items() if r.get("shapley")]
         writer.writerow(["sequence", "ablated_dice", "dice_drop", "margin_retained"]
@@ -238,7 +238,7 @@ def write_evaluation_files(result: CaseEvaluation, folder: Path) -> None:
                             + [report["regions"][n]["shapley"]["shares"][sequence] for n in decided])
     for name, curves in result.curves.items():
         info = report["regions"][name]
-        with writing(folder), open(folder / f"perturbation_{safe_name(name)}.csv", "w", newline="") as handle:
+        with writing(folder), open(folder / f"perturbation_{safe_name(name)}.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["step", "fraction_removed"] + list(curves))
             for step in range(len(curves["morf"])):

@@ -367,7 +367,7 @@ def write_csv(path: PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequen
     """A CSV file with a header (``columns``, default: the first row's keys; other keys are left
     out), written all-or-nothing (`atomic_file`)."""
     path = Path(path)
-    with atomic_file(path, overwrite) as temp, writing(path), open(temp, "w", newline="") as handle:
+    with atomic_file(path, overwrite) as temp, writing(path), open(temp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns or (rows[0] if rows else [])),
                                 extrasaction="ignore")
         writer.writeheader()
@@ -395,7 +395,7 @@ def write_text(path: PathLike, text: str, overwrite: bool = False) -> Path:
     (`atomic_file`)."""
     path = Path(path)
     with atomic_file(path, overwrite) as temp, writing(path):
-        temp.write_text(text)
+        temp.write_text(text, encoding="utf-8")
     return path
 
 
