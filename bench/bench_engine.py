@@ -18,7 +18,7 @@ allocator's peak during its timed calls.
 
 Usage:
   python bench/bench_engine.py                         # CPU: 6×64×64×32, 22.6 M-parameter U-Net
-  python bench/bench_engine.py --ratios --repeat 5 --json bench/reference/cpu_engine_ratios.json
+  python bench/bench_engine.py --ratios --repeat 3 --profile --json bench/reference/cpu_engine_ratios_after.json
   python bench/bench_engine.py --device cuda --shape 6 128 128 64 --region-voxels 10059
   python bench/bench_engine.py --network monai.SegResNet --shape 4 96 96 64 --region-voxels 2000
   python bench/bench_engine.py --network monai.SwinUNETR --shape 4 64 64 64 --region-voxels 2000
@@ -198,10 +198,37 @@ def measure_ratios(args) -> list[dict]:
                                                  (torch.cuda.max_memory_allocated() - before) / 2 ** 30)
             del out
     grad = (seconds[entries[0]], peaks[entries[0]])
-    return [{"name": name, "composite": composite, "seconds": seconds[name, composite],
-             "peak_gib": peaks[name, composite], "time_ratio": seconds[name, composite] / grad[0],
-             "memory_ratio": peaks[name, composite] / grad[1] if grad[1] > 0 else None}
-            for name, composite in entries]
+    results = [{"name": name, "composite": composite, "seconds": seconds[name, composite],
+                "peak_gib": peaks[name, composite], "time_ratio": seconds[name, composite] / grad[0],
+                "memory_ratio": peaks[name, composite] / grad[1] if grad[1] > 0 else None}
+               for name, composite in entries]
+    if args.profile:
+        for result, (name, composite) in zip(results, entries):
+            run_args = argparse.Namespace(**vars(args) | {"composite": composite})
+            result["profile"] = convolution_profile(lambda: run_once(name, model, x, region, run_args))
+    return results
+
+
+#: Profiler rows of convolution kernels (CPU and CUDA) and of their backward.
+CONVOLUTION_KERNELS = ("aten::mkldnn_convolution", "aten::slow_conv3d_forward", "aten::slow_conv_transpose3d",
+                       "aten::slow_conv_dilated3d", "aten::cudnn_convolution", "aten::cudnn_convolution_transpose")
+
+
+def convolution_profile(call) -> dict:
+    """Self CPU time of one ``call`` (torch.profiler): convolutions (forward kernels, backward)
+    against everything else, and the largest other rows. What bounds a ratio: the engine's
+    convolutions alone, divided by the gradient's total time."""
+    with torch.profiler.profile() as prof:
+        call()
+    rows = prof.key_averages()
+    total = sum(r.self_cpu_time_total for r in rows) / 1e6
+    forward = sum(r.self_cpu_time_total for r in rows if r.key in CONVOLUTION_KERNELS) / 1e6
+    backward = sum(r.self_cpu_time_total for r in rows if r.key == "aten::convolution_backward") / 1e6
+    others = sorted((r for r in rows if r.key not in CONVOLUTION_KERNELS + ("aten::convolution_backward",)),
+                    key=lambda r: -r.self_cpu_time_total)[:4]
+    return {"total_s": total, "convolution_forward_s": forward, "convolution_backward_s": backward,
+            "convolution_share": (forward + backward) / total,
+            "largest_other_s": {r.key: r.self_cpu_time_total / 1e6 for r in others}}
 
 
 def describe_machine(args) -> str:
@@ -221,6 +248,15 @@ def main_ratios(args) -> None:
         label = r["name"] if r["name"] == "gradient" else f"{r['name']} ({r['composite']})"
         memory = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] is not None else "-"
         print(f"{label:<42} {r['seconds']:8.3f}s {r['time_ratio']:7.2f} {r['peak_gib']:8.2f}GiB {memory:>7}")
+    if args.profile:
+        grad = results[0]["profile"]["total_s"]
+        print(f"\n{'profiled once (torch.profiler)':<42} {'total':>9} {'convolutions':>13} {'share':>6} {'conv / grad':>12}")
+        for r in results:
+            label = r["name"] if r["name"] == "gradient" else f"{r['name']} ({r['composite']})"
+            prof = r["profile"]
+            conv = prof["convolution_forward_s"] + prof["convolution_backward_s"]
+            print(f"{label:<42} {prof['total_s']:8.3f}s {conv:12.3f}s {prof['convolution_share']:6.0%} "
+                  f"{conv / grad:11.2f}×")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "mode": "ratios",
@@ -243,6 +279,8 @@ def main():
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--ratios", action="store_true",
                         help="gradient, explain_region and composition interleaved in one process (see above)")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --ratios: also profile one call of each row (time in convolutions)")
     parser.add_argument("--composites", nargs="+", default=["epsilon", "epsilon_gamma_box"],
                         help="composites of the --ratios rows")
     args = parser.parse_args()

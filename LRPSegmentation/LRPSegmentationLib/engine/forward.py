@@ -17,7 +17,8 @@ Cost per window (the whole volume is one window; only windows touching a region 
 - forward: once; again only for a window whose traced graph did not fit ``keep_graphs_gib``;
 - normalization s_a: one transposed pass per target, cached;
 - regions: one LRP pass per `explain` call for all its regions (a batch of N), whatever their sizes;
-- composition: C transposed passes per target (a batch of C), cached.
+- composition: C transposed passes per target (a batch of C; their sum is the normalization's
+  pass when that has not run yet), cached.
 
 Sliding windows (Gaussian blend ω_pa, see `sliding`): the window outputs are blended linearly, so
 s_a = Σ_p ω_pa Σ_k c_k y_pak (L_pᵀ1)_ak, M_A = Σ_p L_p w_p with w_pa = 1[a ∈ A, usable] ω_pa c⊙y_pa / s_a.
@@ -290,12 +291,14 @@ class TracedForward:
             self._scores[target] = _Scores(target, self.output_shape, self._x.dtype, self.device)
         return self._scores[target]
 
-    def _normalize(self, scores: _Scores, p: int, graph: Graph) -> None:
-        """Add window p's share of s_a and of the injected relevance (one transposed pass, once)."""
+    def _normalize(self, scores: _Scores, p: int, graph: Graph, v: torch.Tensor | None = None) -> None:
+        """Add window p's share of s_a and of the injected relevance (one transposed pass, once).
+        ``v``: Lᵀ1 (1, K, d, h, w) of window p when the caller already has it (no pass then)."""
         if p in scores.done:
             return
         numerator = scores.numerator(graph.logits)
-        v = graph.transpose(torch.ones(graph.input_shape, dtype=self._x.dtype, device=self.device))
+        if v is None:
+            v = graph.transpose(torch.ones(graph.input_shape, dtype=self._x.dtype, device=self.device))
         total, scale = (numerator * v).sum(1)[0], numerator.abs().sum(1)[0]
         omega = self._omega(p)
         if omega is not None:
@@ -452,14 +455,19 @@ class TracedForward:
     def _add_sequence_numerators(self, numerators: torch.Tensor, scores: _Scores, p: int, chunk: int | None) -> None:
         """numerators[c] += ω_p Σ_k c_k y_pk (L_pᵀ1_c)_k, the indicators 1_c carried in batches (and
         window p's share of s_a if not done yet). The graph is fetched here, so that no caller holds
-        it while the next window is traced."""
+        it while the next window is traced. Σ_c 1_c = 1, so Lᵀ1 for s_a is the sum of the batch's
+        rows: no pass of its own."""
         graph = self._graph(p)
-        self._normalize(scores, p, graph)
         numerator = scores.numerator(graph.logits)
         window, omega = self._windows[p], self._omega(p)
+        v_all = None  # Σ_c Lᵀ1_c = Lᵀ1, while window p is not normalized yet
         for batch in _batches(numerators.shape[0], chunk):
             indicator = self._x.new_zeros((len(batch),) + tuple(graph.input_shape[1:]))
             for row, c in enumerate(batch):
                 indicator[row, c] = 1.0
-            share = (numerator * graph.transpose(indicator)).sum(1)  # (len(batch), d, h, w)
+            v = graph.transpose(indicator)  # (len(batch), K, d, h, w)
+            if p not in scores.done:
+                v_all = v.sum(0, keepdim=True) if v_all is None else v_all + v.sum(0, keepdim=True)
+            share = (numerator * v).sum(1)  # (len(batch), d, h, w)
             numerators[(slice(batch.start, batch.stop),) + window] += share if omega is None else omega * share
+        self._normalize(scores, p, graph, v_all)

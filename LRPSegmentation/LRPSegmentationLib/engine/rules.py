@@ -27,7 +27,7 @@ from .linear import LinearLayer
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """z + ε·sign(z), with sign(0) = +1 (Zennit's stabilizer): never zero, same sign as z."""
-    return z + epsilon * ((z == 0).to(z.dtype) + z.sign())
+    return torch.where(z >= 0, z + epsilon, z - epsilon)  # -0.0 >= 0 too: sign(±0) = +1
 
 
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -143,6 +143,10 @@ class Gamma(Rule):
     using W⁺ + W⁻ = W: the "agreeing" part P = W⁺x⁺ + W⁻x⁻ and the "disagreeing" part
     Q = W⁻x⁺ + W⁺x⁻ add up to W x (known from the forward pass), so each pass needs W and P
     (likewise for the transposes).
+
+    A layer whose input has no negative values (after a ReLU or max pooling: most layers of a
+    U-Net) has x⁻ = 0, so only G⁺ = W + γW⁺ (outputs z > 0) and G⁻ = W + γW⁻ (z < 0) act on x:
+    one convolution for the denominators (P = W⁺x) and two per pass, with no approximation.
     """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
@@ -150,25 +154,34 @@ class Gamma(Rule):
 
     def prepare(self, layer, x, z):
         w, b, gamma = layer.weight, layer.bias, self.gamma
-        agreeing = layer.apply(_pos(x), _pos(w))
-        agreeing += layer.apply(_neg(x), _neg(w))
-        wx = z.clone() if b is None else z - layer.shape_bias(b, z)  # W x, from the forward pass
-        # In place where the tensors are ours: this runs once per layer at full resolution.
-        d_pos = torch.add(wx, agreeing, alpha=gamma)              # x⁺(W + γW⁺) + x⁻(W + γW⁻)
-        d_neg = wx.mul_(1 + gamma).sub_(agreeing, alpha=gamma)    # x⁺(W + γW⁻) + x⁻(W + γW⁺)
-        del agreeing
-        if b is not None:
-            d_pos += layer.shape_bias(b + gamma * _pos(b), z)     # + b + γb⁺
-            d_neg += layer.shape_bias(b + gamma * _neg(b), z)     # + b + γb⁻
+        nonnegative = not bool((x < 0).any())  # then x⁻ = 0 and every x⁻ term vanishes
+        # P = W⁺x⁺ + W⁻x⁻ + b⁺ agrees with a positive output; z − P = W⁻x⁺ + W⁺x⁻ + b⁻ with a negative one.
+        agreeing = layer.apply(x if nonnegative else _pos(x), _pos(w), _pos(b))
+        if not nonnegative:
+            agreeing += layer.apply(_neg(x), _neg(w))
         positive = z > 0
-        # The masks are disjoint, so one tensor holds both inverse denominators.
-        inv_d = torch.where(positive, stabilize(d_pos, self.stabilizer).reciprocal_(),
-                            stabilize(d_neg, self.stabilizer).reciprocal_().mul_(z < 0))
-        return x, inv_d, positive
+        # d = z + γP where z > 0 (x⁺(W + γW⁺) + x⁻(W + γW⁻) + b + γb⁺), z + γ(z − P) where z < 0
+        # (x⁺(W + γW⁻) + x⁻(W + γW⁺) + b + γb⁻); in place: this runs once per layer at full resolution.
+        d = torch.where(positive, agreeing, z - agreeing).mul_(gamma).add_(z)
+        del agreeing
+        # One tensor holds both inverse denominators (the masks are disjoint); 0 where z = 0.
+        inv_d = stabilize(d, self.stabilizer).reciprocal_().mul_(z != 0)
+        return x, inv_d, positive, nonnegative
+
+    def _boosted(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """G⁺ = W + γW⁺ and G⁻ = W + γW⁻ (weights: cheap next to a convolution at full resolution)."""
+        return torch.add(w, _pos(w), alpha=self.gamma), torch.add(w, _neg(w), alpha=self.gamma)
 
     def relevance(self, layer, state, r):
-        x, inv_d, positive = state
+        x, inv_d, positive, nonnegative = state
         w, gamma = layer.weight, self.gamma
+        if nonnegative:  # x ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻); inv_d is 0 where z = 0, so s = s⁺ + s⁻
+            g_pos, g_neg = self._boosted(w)
+            s = r * inv_d
+            s_pos = s * positive
+            out = layer.adjoint(s_pos, g_pos, x.shape)
+            out += layer.adjoint(s.sub_(s_pos), g_neg, x.shape)  # s becomes s⁻
+            return out.mul_(x)
         # x⁺ ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻) + x⁻ ⊙ (G⁻ᵀs⁺ + G⁺ᵀs⁻) with G^± = W + γW^± and A = W⁺ᵀs⁺ + W⁻ᵀs⁻
         # is Wᵀs ⊙ (x + γx⁻) + γ|x| ⊙ A. In place on fresh tensors: few input-sized temporaries.
         s = r * inv_d
@@ -181,8 +194,12 @@ class Gamma(Rule):
         return out.addcmul_(x.abs(), agreeing, value=gamma)
 
     def transpose(self, layer, state, v):
-        x, inv_d, positive = state
+        x, inv_d, positive, nonnegative = state
         w, gamma = layer.weight, self.gamma
+        if nonnegative:  # z > 0: G⁺(x v), z < 0: G⁻(x v)
+            g_pos, g_neg = self._boosted(w)
+            xv = x * v
+            return torch.where(positive, layer.apply(xv, g_pos), layer.apply(xv, g_neg)).mul_(inv_d)
         out = layer.apply(x * v, w)                                         # W (x v)
         agreeing = layer.apply(_pos(x) * v, _pos(w))  # v may be a batch, x is not
         agreeing += layer.apply(_neg(x) * v, _neg(w))                   # P (x v)
