@@ -5,6 +5,7 @@ small so the whole file runs in seconds.
 """
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,15 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str,
     Files are named in reverse slice order so that reading by file name would flip the volume:
     the reader must sort by ImagePositionPatient.
     """
+    # GDCM's writer switches the process locale to "C" (ASCII text I/O for the rest of the test run).
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    try:
+        _write_dicom_series(image, folder, series_uid, description)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, ctype)
+
+
+def _write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, description: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     orientation = list(direction[:, 0]) + list(direction[:, 1])  # row and column cosines
