@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from LRPSegmentationLib import evaluation as E
+from LRPSegmentationLib.randomization import randomization_check
 from LRPSegmentationLib import phantom, pipeline, training
 from LRPSegmentationLib.demo import case_from_phantom, phantom_case
 from LRPSegmentationLib.engine import explain_region, make_composite
@@ -167,9 +168,9 @@ def test_bad_inputs(untrained):
     with pytest.raises(ValueError, match="steps"):
         E.region_perturbation(model, x, region, relevance, steps=0, device="cpu")
     with pytest.raises(ValueError, match="empty"):
-        E.randomization_check(model, x, torch.zeros_like(region), 1, device="cpu")
+        randomization_check(model, x, torch.zeros_like(region), 1, device="cpu")
     with pytest.raises(ValueError, match="layers"):
-        E.randomization_check(model, x, region, 1, device="cpu", layers="bottom")
+        randomization_check(model, x, region, 1, device="cpu", layers="bottom")
 
 
 def test_perturbation_mechanics_untrained(untrained):
@@ -192,7 +193,7 @@ def test_randomization_leaves_the_model_alone(untrained):
     model, x, region = untrained
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = torch.random.get_rng_state()
-    result = E.randomization_check(model, x, region, 1, device="cpu", layers=2)
+    result = randomization_check(model, x, region, 1, device="cpu", layers=2)
     assert len(result.stages) == 2 and len(result.stages[1].layers) > len(result.stages[0].layers)
     assert result.stages[0].layers[0] == "head"  # the cascade starts at the top
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -255,7 +256,7 @@ def test_randomized_model_gives_a_different_explanation(demo_cases):
     (0.92): both maps live on the same receptive field around the region, and the zeros outside it
     tie — so the signed maps and the shares are what this check compares."""
     model, x, truth, _ = demo_cases[0]
-    result = E.randomization_check(model, x, truth, 1, "epsilon_gamma_box", device="cpu", layers="all")
+    result = randomization_check(model, x, truth, 1, "epsilon_gamma_box", device="cpu", layers="all")
     assert result.correlation_signed < 0.5
     assert result.shares_change > 0.05
 
