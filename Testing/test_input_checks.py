@@ -144,18 +144,18 @@ def write_nifti2(path: Path, array: np.ndarray, cut: int = 0) -> None:
 
 def test_nifti2_data_is_checked_too(tmp_path: Path) -> None:
     # Future SimpleITK versions may read NIfTI-2; the data check already understands its header.
-    from LRPSegmentationLib.imaging import _check_nifti_data
+    from LRPSegmentationLib.nifti_check import check_nifti_data
 
     array = volume()
     write_nifti2(tmp_path / "good.nii", array)
-    _check_nifti_data(tmp_path / "good.nii")
+    check_nifti_data(tmp_path / "good.nii")
     write_nifti2(tmp_path / "cut.nii", array, cut=40)
     with pytest.raises(ValueError, match=f"holds {array.nbytes - 40} of {array.nbytes} bytes"):
-        _check_nifti_data(tmp_path / "cut.nii")
+        check_nifti_data(tmp_path / "cut.nii")
     array[1, 2, 3] = np.inf
     write_nifti2(tmp_path / "inf.nii", array)
     with pytest.raises(ValueError, match="1 voxels are NaN or infinite"):
-        _check_nifti_data(tmp_path / "inf.nii")
+        check_nifti_data(tmp_path / "inf.nii")
 
 
 def test_uncompressed_file_named_nii_gz_still_reads(tmp_path: Path) -> None:
