@@ -126,9 +126,9 @@ def count_graph_passes(monkeypatch) -> dict[str, int]:
     for name in calls:
         original = getattr(Graph, name)
 
-        def counting(self, arg, _original=original, _name=name):
+        def counting(self, arg, *args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
-            return _original(self, arg)
+            return _original(self, arg, *args, **kwargs)
         monkeypatch.setattr(Graph, name, counting)
     return calls
 

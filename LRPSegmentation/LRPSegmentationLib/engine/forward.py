@@ -461,11 +461,9 @@ class TracedForward:
         numerator = scores.numerator(graph.logits)
         window, omega = self._windows[p], self._omega(p)
         v_all = None  # Σ_c Lᵀ1_c = Lᵀ1, while window p is not normalized yet
+        ones = self._x.new_ones((1,) + tuple(graph.input_shape[1:]))
         for batch in _batches(numerators.shape[0], chunk):
-            indicator = self._x.new_zeros((len(batch),) + tuple(graph.input_shape[1:]))
-            for row, c in enumerate(batch):
-                indicator[row, c] = 1.0
-            v = graph.transpose(indicator)  # (len(batch), K, d, h, w)
+            v = graph.transpose(ones, channels=batch)  # (len(batch), K, d, h, w): row j is Lᵀ1_c, c = batch[j]
             if p not in scores.done:
                 v_all = v.sum(0, keepdim=True) if v_all is None else v_all + v.sum(0, keepdim=True)
             share = (numerator * v).sum(1)  # (len(batch), d, h, w)

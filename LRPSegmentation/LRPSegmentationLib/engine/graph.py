@@ -28,6 +28,7 @@ Both are linear in their argument, and both accept a batch of vectors (dim 0).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -637,21 +638,48 @@ class Graph:
                 counts[j] += 1
         return counts
 
-    def transpose(self, v_input: torch.Tensor) -> torch.Tensor:
+    def transpose(self, v_input: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
         """v_out = Lᵀ-direction pass: given v at the input (B, C, ...) return v at the output
-        (B, K, ...). With v_input = 1 this is the conserved fraction Lᵀ1 of every output."""
-        if self.folds_batch and v_input.shape[0] > 1:
+        (B, K, ...). With v_input = 1 this is the conserved fraction Lᵀ1 of every output.
+
+        ``channels``: a batch of input-channel indicators. v_input is then (1, C, ...) and row j of
+        the batch is v_input ⊙ 1_c, c = channels[j] (the sequence composition's Lᵀ1_c for v_input
+        = 1). Layers reading the input compute those rows channel by channel (`Rule.transpose_channels`:
+        C single-channel convolutions instead of C full ones); everything after them runs batched.
+        """
+        if channels is not None:
+            channels = list(channels)
+            if self.folds_batch:
+                return self.transpose(self._indicator_batch(v_input, channels))
+        elif self.folds_batch and v_input.shape[0] > 1:
             return torch.cat([self.transpose(v_input[i:i + 1]) for i in range(v_input.shape[0])])
         remaining = self._consumers()
-        v = {0: v_input}
+        v = {} if channels is not None else {0: v_input}
+
+        def operand(i: int) -> torch.Tensor:
+            if i not in v:  # node 0 as the full batch of indicator rows, built on first need only
+                v[0] = self._indicator_batch(v_input, channels)
+            return v[i]
+
         for index in self.live[1:]:
             node = self.nodes[index]
-            v[index] = node.transpose([v[i] for i in node.inputs])
+            out = None
+            if channels is not None and node.inputs == (0,) and isinstance(node, LayerNode):
+                out = node.transpose_channels(v_input, channels)
+            v[index] = out if out is not None else node.transpose([operand(i) for i in node.inputs])
             for i in node.inputs:
                 remaining[i] -= 1
                 if remaining[i] == 0 and i != self.output:
-                    del v[i]
+                    v.pop(i, None)
         return v[self.output]
+
+    @staticmethod
+    def _indicator_batch(v_input: torch.Tensor, channels: list[int]) -> torch.Tensor:
+        """Rows v_input ⊙ 1_c for c in ``channels``: (len(channels), C, ...) from v_input (1, C, ...)."""
+        batch = v_input.new_zeros((len(channels),) + tuple(v_input.shape[1:]))
+        for row, c in enumerate(channels):
+            batch[row, c] = v_input[0, c]
+        return batch
 
     def relevance(self, r_output: torch.Tensor) -> torch.Tensor:
         """The LRP backward: relevance at the output (B, K, ...) → relevance at the input (B, C, ...)."""

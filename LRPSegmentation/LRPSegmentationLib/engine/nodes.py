@@ -96,6 +96,10 @@ class LayerNode(Node):
     def relevance(self, r):
         return [self.rule.relevance(self.layer, self.state, r)]
 
+    def transpose_channels(self, v: torch.Tensor, channels) -> torch.Tensor | None:
+        """`Rule.transpose_channels` of this layer: rows v ⊙ 1_c of its input, c in ``channels``."""
+        return self.rule.transpose_channels(self.layer, self.state, v, channels)
+
     def __repr__(self) -> str:
         return f"LayerNode({self.name!r}, {self.kind}, inputs={self.inputs}, rule={self.rule!r})"
 
@@ -161,7 +165,7 @@ class NormNode(Node):
 
     def prepare(self, values, index, composite):
         self.x = values[self.inputs[0]]
-        self.inv_d = 1.0 / stabilize(values[index], composite.stabilizer)
+        self.inv_d = stabilize(values[index], composite.stabilizer).reciprocal_()
 
     def transpose(self, v_in):
         return _per_sample(self.fn, self.x * v_in[0], self.input_shape[0]) * self.inv_d
@@ -192,7 +196,7 @@ class SumNode(Node):
 
     def prepare(self, values, index, composite):
         self.terms = [c * values[i] for c, i in zip(self.coefficients, self.inputs)]
-        self.inv_d = 1.0 / stabilize(values[index], composite.stabilizer)
+        self.inv_d = stabilize(values[index], composite.stabilizer).reciprocal_()
 
     def transpose(self, v_in):
         return sum(t * v for t, v in zip(self.terms, v_in)) * self.inv_d

@@ -18,6 +18,7 @@ Batch dimensions: x and z have batch 1; r and v may have any batch B (broadcast 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,6 +29,11 @@ from .linear import LinearLayer
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """z + ε·sign(z), with sign(0) = +1 (Zennit's stabilizer): never zero, same sign as z."""
     return torch.where(z >= 0, z + epsilon, z - epsilon)  # -0.0 >= 0 too: sign(±0) = +1
+
+
+def _inverse_stabilized(d: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """1 / stabilize(d) (a fresh tensor)."""
+    return stabilize(d, epsilon).reciprocal_()
 
 
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -56,6 +62,13 @@ class Rule(abc.ABC):
     def transpose(self, layer: LinearLayer, state: Any, v: torch.Tensor) -> torch.Tensor:
         """The transpose of `relevance`: carries v from the layer input to its output."""
 
+    def transpose_channels(self, layer: LinearLayer, state: Any, v: torch.Tensor,
+                           channels: Sequence[int]) -> torch.Tensor | None:
+        """`transpose` of the batch whose row j is v ⊙ 1_c, c = channels[j] (input channel c alone;
+        the sequence indicators when v = 1): v (1, C, ...) → (len(channels), out, ...), when the rule
+        can compute it channel by channel (`LinearLayer.apply_per_channel`); None otherwise."""
+        return None
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, torch.Tensor))
         return f"{type(self).__name__}({params})"
@@ -68,15 +81,20 @@ class Epsilon(Rule):
         self.epsilon = epsilon
 
     def prepare(self, layer, x, z):
-        return x, 1.0 / stabilize(z, self.epsilon)
+        return x, _inverse_stabilized(z, self.epsilon)
 
     def relevance(self, layer, state, r):
         x, inv_d = state
-        return x * layer.adjoint(r * inv_d, layer.weight, x.shape)
+        return layer.adjoint(r * inv_d, layer.weight, x.shape).mul_(x)  # in place: a fresh tensor
 
     def transpose(self, layer, state, v):
         x, inv_d = state
-        return layer.apply(x * v, layer.weight) * inv_d
+        return layer.apply(x * v, layer.weight).mul_(inv_d)
+
+    def transpose_channels(self, layer, state, v, channels):
+        x, inv_d = state
+        rows = layer.apply_per_channel(x * v, layer.weight, channels)
+        return None if rows is None else rows.mul_(inv_d)
 
 
 class ZPlus(Rule):
@@ -89,7 +107,7 @@ class ZPlus(Rule):
     def prepare(self, layer, x, z):
         w_pos, w_neg = _pos(layer.weight), _neg(layer.weight)
         d = layer.apply(_pos(x), w_pos, _pos(layer.bias)) + layer.apply(_neg(x), w_neg)
-        return x, 1.0 / stabilize(d, self.stabilizer)
+        return x, _inverse_stabilized(d, self.stabilizer)
 
     def relevance(self, layer, state, r):
         x, inv_d = state
@@ -116,7 +134,7 @@ class AlphaBeta(Rule):
         x_pos, x_neg = _pos(x), _neg(x)
         d_pos = layer.apply(x_pos, w_pos, _pos(layer.bias)) + layer.apply(x_neg, w_neg)
         d_neg = layer.apply(x_pos, w_neg, _neg(layer.bias)) + layer.apply(x_neg, w_pos)
-        return x, 1.0 / stabilize(d_pos, self.stabilizer), 1.0 / stabilize(d_neg, self.stabilizer)
+        return x, _inverse_stabilized(d_pos, self.stabilizer), _inverse_stabilized(d_neg, self.stabilizer)
 
     def relevance(self, layer, state, r):
         x, inv_pos, inv_neg = state
@@ -139,10 +157,11 @@ class Gamma(Rule):
     sign of the output are boosted by γ. For outputs z > 0 the contributions x⁺(W + γW⁺) and
     x⁻(W + γW⁻) are used, for z < 0 x⁺(W + γW⁻) and x⁻(W + γW⁺).
 
-    Computed with two convolutions for the denominators and three per pass instead of Zennit's four,
-    using W⁺ + W⁻ = W: the "agreeing" part P = W⁺x⁺ + W⁻x⁻ and the "disagreeing" part
-    Q = W⁻x⁺ + W⁺x⁻ add up to W x (known from the forward pass), so each pass needs W and P
-    (likewise for the transposes).
+    Computed with W and W⁺ only (W⁻ = W − W⁺): the "agreeing" part P = W⁺x⁺ + W⁻x⁻ + b⁺
+    = W⁺|x| + W x⁻ + b⁺ and the "disagreeing" part z − P add up to z (known from the forward pass).
+    The x⁻ terms only involve the input channels that hold negative values ("signed" channels,
+    e.g. the upsampled half of a U-Net decoder's concatenated input), so their convolutions run
+    on those channels alone.
 
     A layer whose input has no negative values (after a ReLU or max pooling: most layers of a
     U-Net) has x⁻ = 0, so only G⁺ = W + γW⁺ (outputs z > 0) and G⁻ = W + γW⁻ (z < 0) act on x:
@@ -152,13 +171,31 @@ class Gamma(Rule):
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
         self.gamma, self.stabilizer = gamma, stabilizer
 
+    @staticmethod
+    def _signed_channels(layer: LinearLayer, x: torch.Tensor) -> torch.Tensor | slice | None:
+        """Input channels holding negative values: None if x ≥ 0, an index tensor for some
+        channels of a convolution (groups 1), slice(None) for all (or any other layer kind)."""
+        if layer.kind == "conv" and layer.groups == 1 and x.dim() > 2 and x.shape[0] == 1:
+            negative = (x < 0).flatten(2).any(2)[0]  # (C,)
+            if not negative.any():
+                return None
+            return slice(None) if negative.all() else negative.nonzero().flatten()
+        return slice(None) if bool((x < 0).any()) else None
+
+    @staticmethod
+    def _on_channels(layer: LinearLayer, weight: torch.Tensor, channels) -> torch.Tensor:
+        """The weights acting on some input channels (the layer's own for slice(None))."""
+        if isinstance(channels, slice):
+            return weight
+        return weight[channels] if layer.transposed else weight[:, channels]
+
     def prepare(self, layer, x, z):
         w, b, gamma = layer.weight, layer.bias, self.gamma
-        nonnegative = not bool((x < 0).any())  # then x⁻ = 0 and every x⁻ term vanishes
-        # P = W⁺x⁺ + W⁻x⁻ + b⁺ agrees with a positive output; z − P = W⁻x⁺ + W⁺x⁻ + b⁻ with a negative one.
-        agreeing = layer.apply(x if nonnegative else _pos(x), _pos(w), _pos(b))
-        if not nonnegative:
-            agreeing += layer.apply(_neg(x), _neg(w))
+        signed = self._signed_channels(layer, x)  # None: x⁻ = 0 and every x⁻ term vanishes
+        # P = W⁺x⁺ + W⁻x⁻ + b⁺ = W⁺|x| + W x⁻ + b⁺ agrees with a positive output; z − P with a negative one.
+        agreeing = layer.apply(x if signed is None else x.abs(), _pos(w), _pos(b))
+        if signed is not None:
+            agreeing += layer.apply(_neg(x[:, signed]), self._on_channels(layer, w, signed))
         positive = z > 0
         # d = z + γP where z > 0 (x⁺(W + γW⁺) + x⁻(W + γW⁻) + b + γb⁺), z + γ(z − P) where z < 0
         # (x⁺(W + γW⁻) + x⁻(W + γW⁺) + b + γb⁻); in place: this runs once per layer at full resolution.
@@ -166,44 +203,51 @@ class Gamma(Rule):
         del agreeing
         # One tensor holds both inverse denominators (the masks are disjoint); 0 where z = 0.
         inv_d = stabilize(d, self.stabilizer).reciprocal_().mul_(z != 0)
-        return x, inv_d, positive, nonnegative
+        return x, inv_d, positive, signed
 
     def _boosted(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """G⁺ = W + γW⁺ and G⁻ = W + γW⁻ (weights: cheap next to a convolution at full resolution)."""
         return torch.add(w, _pos(w), alpha=self.gamma), torch.add(w, _neg(w), alpha=self.gamma)
 
     def relevance(self, layer, state, r):
-        x, inv_d, positive, nonnegative = state
+        x, inv_d, positive, signed = state
         w, gamma = layer.weight, self.gamma
-        if nonnegative:  # x ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻); inv_d is 0 where z = 0, so s = s⁺ + s⁻
+        s = r * inv_d  # inv_d is 0 where z = 0, so s = s⁺ + s⁻
+        s_pos = s * positive
+        if signed is None:  # x ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻)
             g_pos, g_neg = self._boosted(w)
-            s = r * inv_d
-            s_pos = s * positive
             out = layer.adjoint(s_pos, g_pos, x.shape)
             out += layer.adjoint(s.sub_(s_pos), g_neg, x.shape)  # s becomes s⁻
             return out.mul_(x)
-        # x⁺ ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻) + x⁻ ⊙ (G⁻ᵀs⁺ + G⁺ᵀs⁻) with G^± = W + γW^± and A = W⁺ᵀs⁺ + W⁻ᵀs⁻
-        # is Wᵀs ⊙ (x + γx⁻) + γ|x| ⊙ A. In place on fresh tensors: few input-sized temporaries.
-        s = r * inv_d
-        s_pos = s * positive
-        out = layer.adjoint(s, w, x.shape)
-        agreeing = layer.adjoint(s_pos, _pos(w), x.shape)
-        agreeing += layer.adjoint(s.sub_(s_pos), _neg(w), x.shape)  # s becomes s⁻
-        del s, s_pos
-        out.mul_(_neg(x).mul_(gamma).add_(x))
-        return out.addcmul_(x.abs(), agreeing, value=gamma)
+        # x⁺ ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻) + x⁻ ⊙ (G⁻ᵀs⁺ + G⁺ᵀs⁻) = Wᵀs ⊙ (x + γx⁻) + γ|x| ⊙ A with
+        # A = W⁺ᵀs⁺ + W⁻ᵀs⁻ = W⁺ᵀ(s⁺ − s⁻) + Wᵀs⁻. Where x ≥ 0 this is x ⊙ (u + γV) with
+        # u = Wᵀ(s + γs⁻) and V = W⁺ᵀ(s⁺ − s⁻); on the signed channels Wᵀs = u − γc, A = V + c
+        # with c = Wᵀs⁻ computed for those channels only.
+        s_neg = s.sub_(s_pos)
+        u = layer.adjoint(torch.add(s_pos, s_neg, alpha=1.0 + gamma), w, x.shape)
+        v = layer.adjoint(s_pos.sub_(s_neg), _pos(w), x.shape)  # s_pos becomes s⁺ − s⁻
+        x_signed = x[:, signed]
+        shape = (x.shape[0], x_signed.shape[1]) + tuple(x.shape[2:])
+        c = layer.adjoint(s_neg, self._on_channels(layer, w, signed), shape)
+        on_signed = (u[:, signed] - gamma * c).mul_(_neg(x_signed).mul_(gamma).add_(x_signed))
+        on_signed.addcmul_(x_signed.abs(), v[:, signed] + c, value=gamma)
+        if isinstance(signed, slice):  # every channel is signed
+            return on_signed
+        out = u.add_(v, alpha=gamma).mul_(x)
+        out[:, signed] = on_signed
+        return out
 
     def transpose(self, layer, state, v):
-        x, inv_d, positive, nonnegative = state
+        x, inv_d, positive, signed = state
         w, gamma = layer.weight, self.gamma
-        if nonnegative:  # z > 0: G⁺(x v), z < 0: G⁻(x v)
+        if signed is None:  # z > 0: G⁺(x v), z < 0: G⁻(x v)
             g_pos, g_neg = self._boosted(w)
             xv = x * v
             return torch.where(positive, layer.apply(xv, g_pos), layer.apply(xv, g_neg)).mul_(inv_d)
-        out = layer.apply(x * v, w)                                         # W (x v)
-        agreeing = layer.apply(_pos(x) * v, _pos(w))  # v may be a batch, x is not
-        agreeing += layer.apply(_neg(x) * v, _neg(w))                   # P (x v)
-        # z > 0: W xv + γP;  z ≤ 0: W xv + γ(W xv − P)
+        # W(xv) + γP(xv) where z > 0, W(xv) + γ(W(xv) − P(xv)) where z ≤ 0; P(xv) = W⁺(|x|v) + W(x⁻v).
+        out = layer.apply(x * v, w)
+        agreeing = layer.apply(x.abs() * v, _pos(w))  # v may be a batch, x is not
+        agreeing += layer.apply(_neg(x[:, signed]) * v[:, signed], self._on_channels(layer, w, signed))
         out.add_(torch.where(positive, agreeing, out - agreeing), alpha=gamma)
         return out.mul_(inv_d)
 
@@ -212,39 +256,44 @@ class ZBox(Rule):
     """LRP-z^B for a bounded input (the first layer): each input lies in [low, high].
 
     ``low``/``high``: floats or per-channel tensors of shape (C,) (one bound per input sequence).
+
+    R_in = x ⊙ Wᵀs − low ⊙ W⁺ᵀs − high ⊙ W⁻ᵀs with s = R / (Wx + b − (W⁺low + b⁺) − (W⁻high + b⁻)).
+    With W⁻ = W − W⁺ this is (x − high) ⊙ Wᵀs + (high − low) ⊙ W⁺ᵀs, and the denominator is
+    W(x − high) + W⁺(high − low) (b − b⁺ − b⁻ = 0): two maps per pass instead of three.
     """
 
     def __init__(self, low: float | torch.Tensor, high: float | torch.Tensor, stabilizer: float = 1e-6) -> None:
         self.low, self.high, self.stabilizer = low, high, stabilizer
 
-    def _bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        def expand(bound):
-            bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
-            if bound.dim() == 1:  # one bound per channel
-                bound = bound.view((1, -1) + (1,) * (x.dim() - 2))
-            return bound.expand_as(x)
-        return expand(self.low), expand(self.high)
+    def _bound(self, bound, x: torch.Tensor) -> torch.Tensor:
+        """A bound shaped to broadcast against x: a scalar, or (1, C, 1, ...) for one per channel."""
+        bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+        return bound.view((1, -1) + (1,) * (x.dim() - 2)) if bound.dim() == 1 else bound
 
     def prepare(self, layer, x, z):
-        low, high = self._bounds(x)
-        w_pos, w_neg = _pos(layer.weight), _neg(layer.weight)
-        d = (layer.apply(x, layer.weight, layer.bias) - layer.apply(low, w_pos, _pos(layer.bias))
-             - layer.apply(high, w_neg, _neg(layer.bias)))
-        return x, 1.0 / stabilize(d, self.stabilizer)
+        low, high = self._bound(self.low, x), self._bound(self.high, x)
+        shifted, spread = x - high, high - low  # x − high (like x), high − low (broadcasts)
+        d = layer.apply(shifted, layer.weight).add_(layer.apply(spread.expand_as(x), _pos(layer.weight)))
+        return shifted, spread, _inverse_stabilized(d, self.stabilizer)
 
     def relevance(self, layer, state, r):
-        x, inv_d = state
-        low, high = self._bounds(x)
+        shifted, spread, inv_d = state
         s = r * inv_d
-        return (x * layer.adjoint(s, layer.weight, x.shape)
-                - low * layer.adjoint(s, _pos(layer.weight), x.shape)
-                - high * layer.adjoint(s, _neg(layer.weight), x.shape))
+        out = layer.adjoint(s, layer.weight, shifted.shape).mul_(shifted)
+        return out.addcmul_(layer.adjoint(s, _pos(layer.weight), shifted.shape), spread)
 
     def transpose(self, layer, state, v):
-        x, inv_d = state
-        low, high = self._bounds(x)
-        return (layer.apply(x * v, layer.weight) - layer.apply(low * v, _pos(layer.weight))
-                - layer.apply(high * v, _neg(layer.weight))) * inv_d
+        shifted, spread, inv_d = state
+        out = layer.apply(shifted * v, layer.weight)
+        return out.add_(layer.apply(spread * v, _pos(layer.weight))).mul_(inv_d)
+
+    def transpose_channels(self, layer, state, v, channels):
+        shifted, spread, inv_d = state
+        rows = layer.apply_per_channel(shifted * v, layer.weight, channels)
+        if rows is None:
+            return None
+        spread_v = (spread * v).expand_as(shifted)
+        return rows.add_(layer.apply_per_channel(spread_v, _pos(layer.weight), channels)).mul_(inv_d)
 
     def __repr__(self) -> str:
         return f"ZBox(low={self.low!r}, high={self.high!r}, stabilizer={self.stabilizer})"
@@ -261,7 +310,7 @@ class Flat(Rule):
 
     def prepare(self, layer, x, z):
         ones = torch.ones_like(layer.weight)
-        return ones, x.shape, 1.0 / stabilize(layer.apply(torch.ones_like(x), ones), self.stabilizer)
+        return ones, x.shape, _inverse_stabilized(layer.apply(torch.ones_like(x), ones), self.stabilizer)
 
     def relevance(self, layer, state, r):
         ones, shape, inv_d = state
@@ -285,7 +334,7 @@ class WSquare(Rule):
         squared = layer.weight ** 2
         bias = None if layer.bias is None else layer.bias ** 2
         d = layer.apply(torch.ones_like(x), squared, bias)
-        return squared, x.shape, 1.0 / stabilize(d, self.stabilizer)
+        return squared, x.shape, _inverse_stabilized(d, self.stabilizer)
 
     def relevance(self, layer, state, r):
         squared, shape, inv_d = state

@@ -1,0 +1,231 @@
+"""The engine's fast paths against their plain definitions, in float64: the adjoint of a stride-1
+convolution on the support of s, per-channel layer products, the two-map z^B rule, the per-channel
+transposed pass, and explain_region for regions touching the volume's border."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from LRPSegmentationLib.engine import explain_region
+from LRPSegmentationLib.engine.linear import LinearLayer
+from LRPSegmentationLib.engine.nodes import LayerNode
+from LRPSegmentationLib.engine.region import prepare_graph
+from LRPSegmentationLib.engine.rules import AlphaBeta, Epsilon, ZBox
+from lrp_models import per_voxel_reference, seed_unet
+
+F64 = torch.float64
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
+
+
+def conv(n, cin=4, cout=4, k=3, p=1, d=1, groups=1, stride=1, transposed=False, bias=False, seed=0):
+    g = gen(seed)
+    shape = (cin, cout // groups) if transposed else (cout, cin // groups)
+    weight = torch.randn(*shape, *(k,) * n, dtype=F64, generator=g)
+    return LinearLayer("conv", weight, torch.randn(cout, dtype=F64, generator=g) if bias else None,
+                       stride=(stride,) * n, padding=(p,) * n, dilation=(d,) * n, transposed=transposed,
+                       output_padding=(0,) * n, groups=groups)
+
+
+def sparse_s(out_shape, where: str, seed=1):
+    """s (2, C, ...) with random values on a small box: at the first corner, inside, or at the far border."""
+    s = torch.zeros(out_shape, dtype=F64)
+    box = []
+    for size in out_shape[2:]:
+        length = max(1, size // 4)
+        start = {"corner": 0, "middle": (size - length) // 2, "border": size - length}[where]
+        box.append(slice(start, start + length))
+    s[(slice(None), slice(None), *box)] = torch.randn(s[(slice(None), slice(None), *box)].shape,
+                                                      dtype=F64, generator=gen(seed))
+    return s
+
+
+SIZES = {1: 13, 2: 11, 3: 10}
+CASES = [(n, k, p, d, g) for n in (1, 2, 3) for k, p, d in [(1, 0, 1), (3, 1, 1), (3, 0, 2), (5, 2, 1), (5, 2, 2), (3, 2, 1)]
+         for g in (1, 2)]
+
+
+@pytest.mark.parametrize("n,k,p,d,groups", CASES)
+def test_adjoint_on_support_equals_whole_tensor_adjoint(n, k, p, d, groups):
+    layer = conv(n, k=k, p=p, d=d, groups=groups)
+    in_shape = (2, 4) + (SIZES[n],) * n
+    out_shape = layer.apply(torch.zeros((1,) + in_shape[1:], dtype=F64), layer.weight).shape
+    out_shape = (2,) + tuple(out_shape[1:])
+    for where in ("corner", "middle", "border"):
+        s = sparse_s(out_shape, where)
+        fast = layer._adjoint_on_support(s, layer.weight, in_shape)
+        assert fast is not None, "a small box must take the cropped path"
+        reference = layer._conv_adjoint(s, layer.weight, in_shape, layer.padding)
+        assert rel(fast, reference) <= 1e-12
+        assert rel(layer.adjoint(s, layer.weight, in_shape[:1] + in_shape[1:]), reference) <= 1e-12
+        # The plain definition: <A x, s> = <x, Aᵀ s>.
+        x = torch.randn(in_shape, dtype=F64, generator=gen(3))
+        assert torch.isclose((layer.apply(x, layer.weight) * s).sum(), (x * fast).sum(), rtol=1e-12, atol=1e-12)
+    # A box over half of s: the whole-tensor adjoint is used.
+    dense = torch.randn(out_shape, dtype=F64, generator=gen(4))
+    assert layer._adjoint_on_support(dense, layer.weight, in_shape) is None
+    zero = layer._adjoint_on_support(torch.zeros(out_shape, dtype=F64), layer.weight, in_shape)
+    assert zero is not None and zero.shape == in_shape and not zero.any()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_adjoint_on_support_refuses_strided_and_transposed(n):
+    for layer in (conv(n, stride=2), conv(n, k=2, p=0, stride=2, transposed=True), conv(n, transposed=True)):
+        in_shape = (1, 4) + (SIZES[n],) * n
+        out_shape = layer.apply(torch.zeros(in_shape, dtype=F64), layer.weight).shape
+        s = sparse_s(out_shape, "corner")
+        assert layer._adjoint_on_support(s, layer.weight, in_shape) is None
+        reference = layer._conv_adjoint(s, layer.weight, in_shape, layer.padding)
+        assert rel(layer.adjoint(s, layer.weight, in_shape), reference) == 0
+
+
+@pytest.mark.parametrize("layer", [conv(3, cin=3, cout=5), conv(3, cin=3, cout=5, k=2, p=0, stride=2, transposed=True),
+                                   conv(2, cin=3, cout=4, k=5, p=2, d=2, bias=True)])
+def test_apply_per_channel_equals_masked_input(layer):
+    x = torch.randn((1, 3) + (6,) * (layer.weight.dim() - 2), dtype=F64, generator=gen(5))
+    for weight in (layer.weight, layer.weight.clamp(min=0)):
+        for channels in ([0, 1, 2], [2, 0], [1]):
+            rows = layer.apply_per_channel(x, weight, channels)
+            reference = []
+            for c in channels:
+                mask = torch.zeros_like(x)
+                mask[:, c] = 1
+                reference.append(layer.apply(x * mask, weight))
+            assert rel(rows, torch.cat(reference)) <= 1e-12
+
+
+def test_apply_per_channel_refuses_other_layers():
+    x = torch.randn(1, 4, 5, 5, 5, dtype=F64)
+    grouped = conv(3, groups=2)
+    assert grouped.apply_per_channel(x, grouped.weight, [0, 1]) is None
+    dense = LinearLayer("dense", torch.randn(3, 4, dtype=F64), None)
+    assert dense.apply_per_channel(torch.randn(1, 4, dtype=F64), dense.weight, [0, 1]) is None
+    channel = LinearLayer("channel", torch.randn(4, dtype=F64), torch.randn(4, dtype=F64))
+    assert channel.apply_per_channel(x, channel.weight, [0, 1]) is None
+
+
+def zbox_reference(layer, x, low, high, eps):
+    """Textbook z^B: x⊙Wᵀs − low⊙W⁺ᵀs − high⊙W⁻ᵀs, s = r / stab(Wx + b − (W⁺low + b⁺) − (W⁻high + b⁻));
+    returns (relevance(r), transpose(v)) as functions, built with F.conv3d / F.conv_transpose3d."""
+    w, b, p = layer.weight, layer.bias, layer.padding
+    wp, wn, bp, bn = w.clamp(min=0), w.clamp(max=0), b.clamp(min=0), b.clamp(max=0)
+    low, high = (torch.as_tensor(t, dtype=F64).view(1, -1, 1, 1, 1).expand_as(x) for t in (low, high))
+    d = F.conv3d(x, w, b, padding=p) - F.conv3d(low, wp, bp, padding=p) - F.conv3d(high, wn, bn, padding=p)
+    inv = 1 / torch.where(d >= 0, d + eps, d - eps)
+
+    def adj(s, weight):
+        return F.conv_transpose3d(s, weight, padding=p)
+
+    def relevance(r):
+        s = r * inv
+        return x * adj(s, w) - low * adj(s, wp) - high * adj(s, wn)
+
+    def transpose(v):
+        return (F.conv3d(x * v, w, padding=p) - F.conv3d(low * v, wp, padding=p)
+                - F.conv3d(high * v, wn, padding=p)) * inv
+    return relevance, transpose
+
+
+@pytest.mark.parametrize("bounds", ["per_channel", "scalar"])
+def test_zbox_equals_textbook_three_term_rule(bounds):
+    layer = conv(3, cin=3, cout=5, bias=True, seed=6)
+    x = torch.randn(1, 3, 7, 6, 5, dtype=F64, generator=gen(7))
+    if bounds == "per_channel":
+        low, high = x.amin(dim=(0, 2, 3, 4)) - 0.3, x.amax(dim=(0, 2, 3, 4)) + 0.2
+    else:
+        low, high = float(x.min()) - 0.3, float(x.max()) + 0.2
+    rule = ZBox(low, high, stabilizer=1e-6)
+    z = layer.apply(x, layer.weight, layer.bias)
+    state = rule.prepare(layer, x, z)
+    ref_relevance, ref_transpose = zbox_reference(layer, x, low, high, 1e-6)
+    r = torch.randn(2, 5, 7, 6, 5, dtype=F64, generator=gen(8))
+    r_local = sparse_s(r.shape, "border", seed=9)  # through the cropped adjoint
+    for rr in (r, r_local):
+        assert rel(rule.relevance(layer, state, rr), ref_relevance(rr)) <= 1e-12
+    v = torch.randn(2, 3, 7, 6, 5, dtype=F64, generator=gen(10))
+    assert rel(rule.transpose(layer, state, v), ref_transpose(v)) <= 1e-12
+    # relevance is the exact transpose of transpose: <T v, r> = <v, R r> per batch row.
+    for rr in (r, r_local):
+        lhs = (rule.transpose(layer, state, v) * rr).flatten(1).sum(1)
+        rhs = (v * rule.relevance(layer, state, rr)).flatten(1).sum(1)
+        assert torch.allclose(lhs, rhs, rtol=1e-12, atol=1e-12 * float(lhs.abs().max()))
+    # transpose_channels: row j is the transpose of v ⊙ 1_c.
+    v1 = v[:1]
+    for channels in ([0, 1, 2], [2, 0]):
+        batch = torch.zeros(len(channels), 3, 7, 6, 5, dtype=F64)
+        for j, c in enumerate(channels):
+            batch[j, c] = v1[0, c]
+        rows = rule.transpose_channels(layer, state, v1, channels)
+        assert rows is not None
+        assert rel(rows, ref_transpose(batch)) <= 1e-12
+
+
+def test_epsilon_transpose_channels_and_default_none():
+    layer = conv(3, cin=3, cout=4, bias=True, seed=11)
+    x = torch.randn(1, 3, 5, 5, 5, dtype=F64, generator=gen(12))
+    z = layer.apply(x, layer.weight, layer.bias)
+    rule = Epsilon(1e-6)
+    state = rule.prepare(layer, x, z)
+    v = torch.randn(1, 3, 5, 5, 5, dtype=F64, generator=gen(13))
+    batch = torch.zeros(2, 3, 5, 5, 5, dtype=F64)
+    batch[0, 2], batch[1, 0] = v[0, 2], v[0, 0]
+    assert rel(rule.transpose_channels(layer, state, v, [2, 0]), rule.transpose(layer, state, batch)) <= 1e-12
+    alpha_beta = AlphaBeta()
+    assert alpha_beta.transpose_channels(layer, alpha_beta.prepare(layer, x, z), v, [0]) is None
+
+
+@pytest.fixture(scope="module")
+def unet_input():
+    return seed_unet(), torch.randn(1, 3, 8, 8, 8, dtype=F64, generator=gen(2))
+
+
+@pytest.mark.parametrize("composite,per_channel", [("epsilon", True), ("epsilon_gamma_box", True),
+                                                   ("epsilon_alpha2_beta1", False)])
+def test_graph_transpose_channels_equals_indicator_batch(unet_input, composite, per_channel):
+    model, x = unet_input
+    graph = prepare_graph(model, x, composite)
+    first = [node for node in graph.layers if node.inputs == (0,)]
+    assert first and all(isinstance(node, LayerNode) for node in first)
+    ones = torch.ones_like(x)
+    assert (first[0].transpose_channels(ones, [0]) is not None) == per_channel
+    total = graph.transpose(ones)
+    v_random = torch.rand(x.shape, dtype=F64, generator=gen(14)) + 0.5
+    for v_input in (ones, v_random):
+        for channels in ([0, 1, 2], [2, 0], [1]):
+            batch = torch.zeros((len(channels),) + tuple(x.shape[1:]), dtype=F64)
+            for j, c in enumerate(channels):
+                batch[j, c] = v_input[0, c]
+            fast = graph.transpose(v_input, channels=channels)
+            assert rel(fast, graph.transpose(batch)) <= 1e-12
+            if v_input is ones and channels == [0, 1, 2]:
+                assert rel(fast.sum(0, keepdim=True), total) <= 1e-12  # Σ_c Lᵀ1_c = Lᵀ1
+
+
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon"])
+def test_region_touching_the_border_equals_per_voxel_loop(unet_input, composite):
+    model, x = unet_input
+    region = torch.zeros(8, 8, 8, dtype=torch.bool)
+    region[0:2, 0:2, 0] = True      # first corner
+    region[7, 6:8, 7] = True        # far corner and border
+    result = explain_region(model, x, region, target=1, composite=composite, device="cpu", tolerance=1e-3)
+    reference, used = per_voxel_reference(model, x, region, 1, composite)
+    assert result.n_used == used and used > 0
+    assert rel(result.relevance, reference) <= 1e-10
+    assert result.diagnostics["conservation_error"] <= 1e-10
+
+
+def test_adjoint_on_support_with_support_inside_wide_padding():
+    """A support box wholly inside a padding wider than dilation·(k−1) reads only zeros: its
+    input relevance is empty (once a crash: the crop's end fell before its start)."""
+    layer = conv(1, k=1, p=3)  # legal in PyTorch: padding wider than the kernel
+    s = torch.zeros(1, 4, 16, dtype=F64)
+    s[0, 1, 0] = 1.0  # an output that reads only zero padding
+    reference = layer._conv_adjoint(s, layer.weight, (1, 4, 10), layer.padding)
+    assert torch.equal(layer.adjoint(s, layer.weight, (1, 4, 10)), reference)
