@@ -19,6 +19,7 @@ allocator's peak during its timed calls.
 Usage:
   python bench/bench_engine.py                         # CPU: 6×64×64×32, 22.6 M-parameter U-Net
   python bench/bench_engine.py --ratios --repeat 3 --profile --json bench/reference/cpu_engine_ratios_after.json
+  python bench/bench_engine.py --chunks --repeat 3 --json bench/reference/cpu_engine_chunks.json
   python bench/bench_engine.py --device cuda --shape 6 128 128 64 --region-voxels 10059
   python bench/bench_engine.py --network monai.SegResNet --shape 4 96 96 64 --region-voxels 2000
   python bench/bench_engine.py --network monai.SwinUNETR --shape 4 64 64 64 --region-voxels 2000
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -231,9 +233,43 @@ def convolution_profile(call) -> dict:
             "largest_other_s": {r.key: r.self_cpu_time_total / 1e6 for r in others}}
 
 
+def measure_chunks(args) -> list[dict]:
+    """Best-of-``repeat`` time of `sequence_composition` per batch size (``chunk``: sequences carried
+    per transposed pass; C = all at once) and composite, interleaved round by round in one process."""
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    model, x, region = make_case(args)
+    channels = args.shape[0]
+    sizes = sorted({channels, 3, 2, 1}, reverse=True)
+    seconds = {(c, n): float("inf") for c in args.composites for n in sizes}
+    for round_ in range(args.repeat + 1):  # round 0 warms up
+        for composite, chunk in seconds:
+            sync()
+            start = time.perf_counter()
+            sequence_composition(model, x, 1, composite, device=args.device, chunk=chunk)
+            sync()
+            if round_:
+                seconds[composite, chunk] = min(seconds[composite, chunk], time.perf_counter() - start)
+    return [{"composite": c, "chunk": n, "seconds": t} for (c, n), t in seconds.items()]
+
+
 def describe_machine(args) -> str:
     return (torch.cuda.get_device_name() if args.device.startswith("cuda")
             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+
+
+def main_chunks(args) -> None:
+    results = measure_chunks(args)
+    machine = describe_machine(args)
+    print(f"{machine}; torch {torch.__version__}; input {tuple(args.shape)}; sequence_composition by batch size "
+          f"(best of {args.repeat} interleaved rounds)")
+    for r in results:
+        print(f"  {r['composite']:<20} chunk {r['chunk']}: {r['seconds']:.3f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "mode": "chunks",
+                                         "args": vars(args) | {"json": str(args.json)}, "results": results},
+                                        indent=2))
 
 
 def main_ratios(args) -> None:
@@ -260,8 +296,8 @@ def main_ratios(args) -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "mode": "ratios",
-                                         "args": vars(args) | {"json": str(args.json)}, "results": results},
-                                        indent=2))
+                                         "load_average": os.getloadavg(), "args": vars(args) | {"json": str(args.json)},
+                                         "results": results}, indent=2))
 
 
 def main():
@@ -282,9 +318,15 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="with --ratios: also profile one call of each row (time in convolutions)")
     parser.add_argument("--composites", nargs="+", default=["epsilon", "epsilon_gamma_box"],
-                        help="composites of the --ratios rows")
+                        help="composites of the --ratios and --chunks rows")
+    parser.add_argument("--chunks", action="store_true",
+                        help="sequence_composition per batch size (sequences per transposed pass), interleaved")
+    parser.add_argument("--note", help="a line describing the engine measured (kept in the JSON)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if args.chunks:
+        main_chunks(args)
+        return
     if args.ratios and not args.only:
         main_ratios(args)
         return

@@ -431,7 +431,9 @@ class TracedForward:
                     *, progress: Progress | None = None) -> torch.Tensor:
         """For every output voxel a, the share of its normalized map M_a/ΣM_a in each input sequence,
         Σ_p ω_pa Σ_k c_k y_pak (L_pᵀ1_c)_ak / s_a, from C transposed passes per window (batches of
-        ``chunk``), cached per target; ``progress(done, total)`` counts windows.
+        ``chunk``; None: one sequence per pass on the CPU, where batched full-resolution tensors
+        cost more memory traffic than batching saves (bench/bench_engine.py --chunks), all at once on
+        CUDA), cached per target; ``progress(done, total)`` counts windows.
 
         Returns:
             (C, D, H, W) over the output grid, on the CPU. Usable voxels' shares sum to 1; excluded
@@ -439,6 +441,8 @@ class TracedForward:
             (and counts) of `explain` for any A, with no new pass.
         """
         target, tolerance, chunk = as_target(target), check_tolerance(tolerance), check_chunk(chunk)
+        if chunk is None and self.device.type == "cpu":
+            chunk = 1
         scores = self._scores_for(target)
         numerators = self._compositions.get(target)
         if numerators is None:

@@ -347,8 +347,8 @@ def sequence_composition(model: nn.Module, x: torch.Tensor, target: int | Target
                          composite: str | Composite = DEFAULT_COMPOSITE, device: str | torch.device | None = None,
                          tolerance: float = DEFAULT_TOLERANCE, chunk: int | None = None) -> torch.Tensor:
     """For every output voxel a, the share of its normalized map M_a/ΣM_a that lies in each input
-    sequence: (Lᵀ1_c)_a / (Lᵀ1)_a, from C transposed passes run as one batch (``chunk`` limits the
-    batch to save memory).
+    sequence: (Lᵀ1_c)_a / (Lᵀ1)_a, from C transposed passes (``chunk`` per batch; None: one per pass
+    on the CPU, all at once on CUDA; see `TracedForward.composition`).
 
     Returns:
         (C, D, H, W) over the OUTPUT grid, on the CPU. Each usable voxel's shares sum to 1; excluded

@@ -28,7 +28,10 @@ from .linear import LinearLayer
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """z + ε·sign(z), with sign(0) = +1 (Zennit's stabilizer): never zero, same sign as z."""
-    return torch.where(z >= 0, z + epsilon, z - epsilon)  # -0.0 >= 0 too: sign(±0) = +1
+    step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    # ±ε first, then + z: the same numbers as where(z ≥ 0, z + ε, z − ε) with two full-size
+    # temporaries fewer (this runs at every layer's output). -0.0 >= 0 too: sign(±0) = +1.
+    return torch.where(z >= 0, step, -step).add_(z)
 
 
 def _inverse_stabilized(d: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -203,19 +206,22 @@ class Gamma(Rule):
         del agreeing
         # One tensor holds both inverse denominators (the masks are disjoint); 0 where z = 0.
         inv_d = stabilize(d, self.stabilizer).reciprocal_().mul_(z != 0)
-        return x, inv_d, positive, signed
+        # The modified weights every pass uses, made once per traced pass rather than in each pass:
+        # for a large network they are several element-wise sweeps over all of its parameters.
+        weights = self._boosted(w) if signed is None else (_pos(w), self._on_channels(layer, w, signed))
+        return x, inv_d, positive, signed, weights
 
     def _boosted(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """G⁺ = W + γW⁺ and G⁻ = W + γW⁻ (weights: cheap next to a convolution at full resolution)."""
         return torch.add(w, _pos(w), alpha=self.gamma), torch.add(w, _neg(w), alpha=self.gamma)
 
     def relevance(self, layer, state, r):
-        x, inv_d, positive, signed = state
+        x, inv_d, positive, signed, weights = state
         w, gamma = layer.weight, self.gamma
         s = r * inv_d  # inv_d is 0 where z = 0, so s = s⁺ + s⁻
         s_pos = s * positive
         if signed is None:  # x ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻)
-            g_pos, g_neg = self._boosted(w)
+            g_pos, g_neg = weights
             out = layer.adjoint(s_pos, g_pos, x.shape)
             out += layer.adjoint(s.sub_(s_pos), g_neg, x.shape)  # s becomes s⁻
             return out.mul_(x)
@@ -223,12 +229,13 @@ class Gamma(Rule):
         # A = W⁺ᵀs⁺ + W⁻ᵀs⁻ = W⁺ᵀ(s⁺ − s⁻) + Wᵀs⁻. Where x ≥ 0 this is x ⊙ (u + γV) with
         # u = Wᵀ(s + γs⁻) and V = W⁺ᵀ(s⁺ − s⁻); on the signed channels Wᵀs = u − γc, A = V + c
         # with c = Wᵀs⁻ computed for those channels only.
+        w_pos, w_signed = weights
         s_neg = s.sub_(s_pos)
         u = layer.adjoint(torch.add(s_pos, s_neg, alpha=1.0 + gamma), w, x.shape)
-        v = layer.adjoint(s_pos.sub_(s_neg), _pos(w), x.shape)  # s_pos becomes s⁺ − s⁻
+        v = layer.adjoint(s_pos.sub_(s_neg), w_pos, x.shape)  # s_pos becomes s⁺ − s⁻
         x_signed = x[:, signed]
         shape = (x.shape[0], x_signed.shape[1]) + tuple(x.shape[2:])
-        c = layer.adjoint(s_neg, self._on_channels(layer, w, signed), shape)
+        c = layer.adjoint(s_neg, w_signed, shape)
         on_signed = (u[:, signed] - gamma * c).mul_(_neg(x_signed).mul_(gamma).add_(x_signed))
         on_signed.addcmul_(x_signed.abs(), v[:, signed] + c, value=gamma)
         if isinstance(signed, slice):  # every channel is signed
@@ -238,16 +245,18 @@ class Gamma(Rule):
         return out
 
     def transpose(self, layer, state, v):
-        x, inv_d, positive, signed = state
+        x, inv_d, positive, signed, weights = state
         w, gamma = layer.weight, self.gamma
         if signed is None:  # z > 0: G⁺(x v), z < 0: G⁻(x v)
-            g_pos, g_neg = self._boosted(w)
+            g_pos, g_neg = weights
             xv = x * v
-            return torch.where(positive, layer.apply(xv, g_pos), layer.apply(xv, g_neg)).mul_(inv_d)
+            out = layer.apply(xv, g_pos)
+            return torch.where(positive, out, layer.apply(xv, g_neg), out=out).mul_(inv_d)
         # W(xv) + γP(xv) where z > 0, W(xv) + γ(W(xv) − P(xv)) where z ≤ 0; P(xv) = W⁺(|x|v) + W(x⁻v).
+        w_pos, w_signed = weights
         out = layer.apply(x * v, w)
-        agreeing = layer.apply(x.abs() * v, _pos(w))  # v may be a batch, x is not
-        agreeing += layer.apply(_neg(x[:, signed]) * v[:, signed], self._on_channels(layer, w, signed))
+        agreeing = layer.apply(x.abs() * v, w_pos)  # v may be a batch, x is not
+        agreeing += layer.apply(_neg(x[:, signed]) * v[:, signed], w_signed)
         out.add_(torch.where(positive, agreeing, out - agreeing), alpha=gamma)
         return out.mul_(inv_d)
 
