@@ -126,7 +126,7 @@ def test_one_lrp_pass_for_all_regions_and_one_normalization_per_target(case, mon
     model, x, regions = case
     calls = count_graph_passes(monkeypatch)
     with TracedForward(model, x, "epsilon", "cpu") as traced:
-        traced.explain(regions, 1)
+        traced.explain(regions, 1, chunk=len(regions))        # all regions in one batch
         assert calls == {"relevance": 1, "transpose": 1}
         traced.explain({"again": regions["r2"]}, 1)           # s_a cached: no transposed pass
         assert calls == {"relevance": 2, "transpose": 1}
@@ -135,6 +135,11 @@ def test_one_lrp_pass_for_all_regions_and_one_normalization_per_target(case, mon
         assert calls == {"relevance": 2, "transpose": 3}
         traced.explain({"r0": regions["r0"]}, 0)              # another target: its own s_a
         assert calls == {"relevance": 3, "transpose": 4}
+        traced.explain(regions, 0)                            # CPU default: one pass per region
+        assert calls == {"relevance": 3 + len(regions), "transpose": 4}
+    with TracedForward(model, x, "epsilon", "cpu") as traced:
+        traced.composition(1)                                 # CPU default: one sequence per pass
+        assert calls["transpose"] == 4 + x.shape[1]
 
 
 def test_regions_are_named_in_errors(case):

@@ -175,7 +175,7 @@ class CaseForward:
 
     def explain(self, regions: Mapping[str, np.ndarray], target: Target, tolerance: float = DEFAULT_TOLERANCE,
                 progress=None) -> dict[str, RegionExplanation]:
-        """Each region's exact explanation (all regions through one LRP pass per window), cropped to
+        """Each region's exact explanation (one LRP pass per region and window on the CPU, one per window on CUDA), cropped to
         the case grid; shares are those of the cropped map."""
         full = {name: self._inferer.pad_mask(mask, self._padded, self._crop) for name, mask in regions.items()}
         explained = self._forward.explain(full, target, tolerance, progress=progress)

@@ -8,7 +8,7 @@ larger than one patch) and keeps what it traced between questions:
 
     with TracedForward(model, x, "epsilon_gamma_box", patch_size=(64, 128, 128)) as traced:
         labels = traced.logits.argmax(1)                        # the prediction, from the traced pass
-        maps = traced.explain({"tp": tp, "fn": fn}, target=1)   # both regions in ONE LRP pass
+        maps = traced.explain({"tp": tp, "fn": fn}, target=1)   # one LRP pass per region, no new forward
         composition = traced.composition(target=1)              # no new forward pass
         maps = traced.explain({"tp": repainted}, target=1)      # repainting: one LRP pass, nothing else
 
@@ -16,9 +16,10 @@ Cost per window (the whole volume is one window; only windows touching a region 
 
 - forward: once; again only for a window whose traced graph did not fit ``keep_graphs_gib``;
 - normalization s_a: one transposed pass per target, cached;
-- regions: one LRP pass per `explain` call for all its regions (a batch of N), whatever their sizes;
-- composition: C transposed passes per target (a batch of C; their sum is the normalization's
-  pass when that has not run yet), cached.
+- regions: one LRP pass per region of an `explain` call, whatever its size (on CUDA all regions in
+  one batch; on the CPU one at a time, which is faster there: see `TracedForward._batch_size`);
+- composition: C transposed passes per target (their sum is the normalization's pass when that has
+  not run yet), cached; the first layer runs them channel by channel (`Graph.transpose`).
 
 Sliding windows (Gaussian blend ω_pa, see `sliding`): the window outputs are blended linearly, so
 s_a = Σ_p ω_pa Σ_k c_k y_pak (L_pᵀ1)_ak, M_A = Σ_p L_p w_p with w_pa = 1[a ∈ A, usable] ω_pa c⊙y_pa / s_a.
@@ -307,16 +308,25 @@ class TracedForward:
         scores.scale[self._windows[p]] += scale
         scores.done.add(p)
 
+    def _batch_size(self, chunk: int | None) -> int | None:
+        """Vectors per batched pass: ``chunk``, or for None one on the CPU (batched full-resolution
+        tensors cost more memory traffic there than batching saves; bench_engine.py --chunks) and
+        all at once on CUDA."""
+        return 1 if chunk is None and self.device.type == "cpu" else chunk
+
     # -- region explanations ---------------------------------------------------------------------
     def explain(self, regions: Mapping[str, Any], target: int | Target = 1, tolerance: float = DEFAULT_TOLERANCE,
                 *, chunk: int | None = None, progress: Progress | None = None) -> dict[str, RegionExplanation]:
-        """The seed's M_A = Σ_{a∈A} M_a / ΣM_a for each region, all from ONE LRP pass (per window).
+        """The seed's M_A = Σ_{a∈A} M_a / ΣM_a for each region, from one forward pass and one LRP
+        pass per region (per window; on CUDA one batched pass for all regions).
 
         Args:
             regions: name → bool mask (D, H, W) on the output grid (tensor or numpy).
             target: class index or `Target`.
             tolerance: exclude voxels whose map keeps less than this fraction of their score.
-            chunk: at most this many regions per LRP pass (memory); None = all at once.
+            chunk: at most this many regions per LRP pass (memory); None: one per pass on the
+                CPU (each pass then keeps its region's own support, see `LinearLayer.adjoint`;
+                measured faster), all at once on CUDA.
             progress: ``progress(done, total)`` after each window step (normalization sweep over
                 windows not yet normalized for this target, then the LRP sweep).
 
@@ -331,7 +341,7 @@ class TracedForward:
         if not isinstance(regions, Mapping) or not regions:
             raise ValueError("regions must be a non-empty mapping of name → (D, H, W) mask, e.g. {'tp': mask}")
         results = self._explain(list(regions.items()), as_target(target), check_tolerance(tolerance),
-                                check_chunk(chunk), progress)
+                                self._batch_size(check_chunk(chunk)), progress)
         return dict(zip(regions, results))
 
     def explain_region(self, region, target: int | Target = 1, tolerance: float = DEFAULT_TOLERANCE, *,
@@ -441,8 +451,7 @@ class TracedForward:
             (and counts) of `explain` for any A, with no new pass.
         """
         target, tolerance, chunk = as_target(target), check_tolerance(tolerance), check_chunk(chunk)
-        if chunk is None and self.device.type == "cpu":
-            chunk = 1
+        chunk = self._batch_size(chunk)
         scores = self._scores_for(target)
         numerators = self._compositions.get(target)
         if numerators is None:

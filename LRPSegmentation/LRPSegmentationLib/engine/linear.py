@@ -69,7 +69,8 @@ class LinearLayer:
     def adjoint(self, s: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
         """A'ᵀ s: the transpose of the modified map, giving a tensor of the layer input's shape.
 
-        ``input_shape`` is the shape for batch 1; the batch of ``s`` is kept.
+        ``input_shape`` is the shape for batch 1; the batch of ``s`` is kept. A stride-1 convolution
+        runs on the bounding box of s's nonzero values only (`_adjoint_on_support`).
         """
         if self.kind == "conv":
             shape = (s.shape[0],) + tuple(input_shape[1:])

@@ -14,7 +14,7 @@ relevance absorbed by biases) cannot be normalized stably — not by the per-vox
 excluded, counted and reported; nothing is ever divided by zero.
 
 `explain_region` and `sequence_composition` answer one question each; `forward.TracedForward`
-keeps the traced pass and answers any number of them (several regions in one LRP pass).
+keeps the traced pass and answers any number of them (several regions from one forward pass).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from .linear import LinearLayer
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """z + ε·sign(z), with sign(0) = +1 (Zennit's stabilizer): never zero, same sign as z."""
-    step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    step = z.new_full((), epsilon)  # a fill, no host-to-device copy on CUDA
     # ±ε first, then + z: the same numbers as where(z ≥ 0, z + ε, z − ε) with two full-size
     # temporaries fewer (this runs at every layer's output). -0.0 >= 0 too: sign(±0) = +1.
     return torch.where(z >= 0, step, -step).add_(z)
