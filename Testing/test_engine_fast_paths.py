@@ -229,3 +229,39 @@ def test_adjoint_on_support_with_support_inside_wide_padding():
     s[0, 1, 0] = 1.0  # an output that reads only zero padding
     reference = layer._conv_adjoint(s, layer.weight, (1, 4, 10), layer.padding)
     assert torch.equal(layer.adjoint(s, layer.weight, (1, 4, 10)), reference)
+
+
+@pytest.mark.parametrize("signed", ["none", "some", "all"])
+def test_gamma_equals_zennits_four_term_form_for_every_sign_pattern(signed):
+    """γ with x⁻ terms on the signed channels only (and G± precomputed) equals the textbook rule:
+    x⁺(W + γW⁺) + x⁻(W + γW⁻) for outputs z > 0, x⁺(W + γW⁻) + x⁻(W + γW⁺) for z < 0; and its
+    transpose is the exact adjoint of its relevance."""
+    from LRPSegmentationLib.engine.rules import Gamma, stabilize
+    gamma, layer = 0.25, conv(3, cin=4, cout=5, k=3, p=1, bias=True, seed=7)
+    x = torch.randn(1, 4, 6, 5, 4, dtype=F64, generator=gen(8))
+    if signed != "all":
+        x[:, : (4 if signed == "none" else 2)] = x[:, : (4 if signed == "none" else 2)].abs()
+    w, b = layer.weight, layer.bias
+    z = F.conv3d(x, w, b, padding=1)
+    rule = Gamma(gamma, stabilizer=1e-6)
+    state = rule.prepare(layer, x, z)
+    assert (state[3] is None) == (signed == "none")
+    r = torch.randn((2,) + tuple(z.shape[1:]), dtype=F64, generator=gen(9))
+
+    pos, neg = w.clamp(min=0), w.clamp(max=0)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    up, un = w + gamma * pos, w + gamma * neg  # W + γW⁺, W + γW⁻
+    d_pos = F.conv3d(xp, up, b + gamma * b.clamp(min=0), padding=1) + F.conv3d(xn, un, padding=1)
+    d_neg = F.conv3d(xp, un, b + gamma * b.clamp(max=0), padding=1) + F.conv3d(xn, up, padding=1)
+    s_pos = r * (z > 0) / stabilize(d_pos, 1e-6)
+    s_neg = r * (z < 0) / stabilize(d_neg, 1e-6)
+    adj = lambda s, weight: F.conv_transpose3d(s, weight, padding=1)  # noqa: E731
+    reference = xp * (adj(s_pos, up) + adj(s_neg, un)) + xn * (adj(s_pos, un) + adj(s_neg, up))
+    assert rel(rule.relevance(layer, state, r.clone()), reference) <= 1e-12
+
+    v = torch.randn((2,) + tuple(x.shape[1:]), dtype=F64, generator=gen(10))
+    forward = rule.transpose(layer, state, v)
+    backward = rule.relevance(layer, state, r.clone())
+    for row in range(2):
+        lhs, rhs = float((forward[row] * r[row]).sum()), float((v[row] * backward[row]).sum())
+        assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), 1.0)
