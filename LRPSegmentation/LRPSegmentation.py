@@ -38,11 +38,6 @@ INPUT_REFERENCE_ROLE = "InputVolume_"  # + sequence name: node references of the
 REGION_UPDATE_DELAY_MS = 300  # repainting region A: the shares follow after this quiet time
 
 
-#
-# LRPSegmentation
-#
-
-
 class LRPSegmentation(ScriptedLoadableModule):
     """Module description shown in Slicer (title, category, help)."""
 
@@ -84,11 +79,6 @@ def registerSampleData():
         **ModuleLogic.sampleDataSource(), customDownloader=lambda source: LRPSegmentationLogic().loadSampleData())
 
 
-#
-# Parameter node
-#
-
-
 @parameterNodeWrapper
 class LRPSegmentationParameterNode:
     """The module's state, saved with the scene. ``modelPath`` is relative to the module's Resources/
@@ -112,11 +102,6 @@ class LRPSegmentationParameterNode:
     decisionShares: bool = True
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     replacePrevious: bool = True
-
-
-#
-# LRPSegmentationWidget
-#
 
 
 class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -703,11 +688,6 @@ class LRPSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Shares updated for the repainted region ({n} voxels).").format(n=shares[1])
 
 
-#
-# LRPSegmentationLogic
-#
-
-
 class LRPSegmentationLogic(ScriptedLoadableModuleLogic, ModuleLogic):
     """The module's Logic (usable without the widget). Everything on the scene is `ModuleLogic`'s
     (``LRPSegmentationLib.slicer.module_logic``, Qt-free, tested on slicer-core); here is what needs
@@ -770,11 +750,6 @@ class LRPSegmentationLogic(ScriptedLoadableModuleLogic, ModuleLogic):
         and checks the weights; torch is never imported here."""
         self.ensureDependencies()
         return self._logic.read_package_info(path)
-
-
-#
-# LRPSegmentationTest
-#
 
 
 class LRPSegmentationTest(ScriptedLoadableModuleTest):
