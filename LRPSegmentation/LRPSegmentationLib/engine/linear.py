@@ -6,6 +6,7 @@ dimension), dense layers and per-channel affine maps (a normalization that could
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -106,12 +107,12 @@ class LinearLayer:
             if hits.numel() == 0:
                 return s.new_zeros(shape)
             box.append((int(hits[0]), int(hits[-1]) + 1))
-        if torch.tensor([b - a for a, b in box], dtype=torch.float64).prod() > 0.5 * nonzero.numel():
+        if math.prod(b - a for a, b in box) > 0.5 * nonzero.numel():
             return None
         out = s.new_zeros(shape)
         # With padding 0, an input crop that starts at a - p and is (b - a) + dilation·(k - 1) long
         # has exactly the output crop [a, b): its adjoint is the input relevance there.
-        crop_in, crop_out, place = [], [], []
+        crop_in, crop_out, place, lengths = [], [], [], []
         for (a, b), p, d, k, n in zip(box, self.padding, self.dilation, weight.shape[2:], shape[2:]):
             start, length = a - p, (b - a) + d * (k - 1)
             low = max(start, 0)
@@ -119,9 +120,9 @@ class LinearLayer:
             crop_out.append(slice(a, b))
             crop_in.append(slice(low - start, high - start))
             place.append(slice(low, high))
+            lengths.append(length)
         s_crop = s[(slice(None), slice(None), *crop_out)]
-        full = tuple(b - a + d * (k - 1) for (a, b), d, k in zip(box, self.dilation, weight.shape[2:]))
-        local = self._conv_adjoint(s_crop, weight, shape[:2] + full, (0,) * spatial)
+        local = self._conv_adjoint(s_crop, weight, shape[:2] + tuple(lengths), (0,) * spatial)
         out[(slice(None), slice(None), *place)] = local[(slice(None), slice(None), *crop_in)]
         return out
 
