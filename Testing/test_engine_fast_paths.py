@@ -1,6 +1,9 @@
 """The engine's fast paths against their plain definitions, in float64: the adjoint of a stride-1
 convolution on the support of s, per-channel layer products, the two-map z^B rule, the per-channel
-transposed pass, and explain_region for regions touching the volume's border."""
+transposed pass, the transposed pass on a box of the output, and explain_region for regions touching the
+volume's border."""
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from LRPSegmentationLib.engine.linear import LinearLayer
 from LRPSegmentationLib.engine.nodes import LayerNode
 from LRPSegmentationLib.engine.region import prepare_graph
 from LRPSegmentationLib.engine.rules import AlphaBeta, Epsilon, ZBox
+from LRPSegmentationLib.engine.support import MOST_OF, mask_of, slices, volume
 from lrp_models import per_voxel_reference, seed_unet
 
 F64 = torch.float64
@@ -265,3 +269,79 @@ def test_gamma_equals_zennits_four_term_form_for_every_sign_pattern(signed):
     for row in range(2):
         lhs, rhs = float((forward[row] * r[row]).sum()), float((v[row] * backward[row]).sum())
         assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The transposed pass on a box of the output (a painted region's normalization)
+# --------------------------------------------------------------------------------------------
+def output_boxes(spatial):
+    """Boxes of an output of this spatial shape: a corner, the far border, a middle slab, one voxel."""
+    return [tuple((0, max(1, n // 3)) for n in spatial),
+            tuple((n - max(1, n // 4), n) for n in spatial),
+            tuple((n // 3, n // 3 + 2) if axis else (0, n) for axis, n in enumerate(spatial)),
+            tuple((n // 2, n // 2 + 1) for n in spatial)]
+
+
+BOX_CASES = [(n, k, p, d, g, s, t) for n in (1, 2, 3)
+             for k, p, d, s in [(1, 0, 1, 1), (3, 1, 1, 1), (3, 0, 2, 1), (5, 2, 2, 1), (1, 3, 1, 1), (3, 1, 1, 2),
+                                (2, 0, 1, 2), (4, 1, 1, 3)]
+             for g in (1, 2) for t in (False, True) if not (t and k == 1 and p == 3)]
+
+
+@pytest.mark.parametrize("n,k,p,d,groups,stride,transposed", BOX_CASES)
+def test_conv_on_a_box_and_the_input_box_it_reads(n, k, p, d, groups, stride, transposed):
+    """`LinearLayer.on_box`'s apply equals the whole output on the box, and the output there depends
+    on `input_box` of the input alone (zeroing the rest changes nothing): plain and transposed
+    convolutions, any stride, padding (also wider than the kernel), dilation and groups, float64."""
+    layer = conv(n, cin=4, cout=6, k=k, p=p, d=d, groups=groups, stride=stride, transposed=transposed, bias=True)
+    x = torch.randn((1, 4) + (SIZES[n],) * n, dtype=F64, generator=gen(20))
+    whole = layer.apply(x, layer.weight, layer.bias)
+    assert tuple(whole.shape[2:]) == layer.output_spatial(x.shape[2:])
+    for box in output_boxes(whole.shape[2:]):
+        inside = slices(box)
+        reads = layer.input_box(box, x.shape[2:])
+        assert all(0 <= a < b <= size for (a, b), size in zip(reads, x.shape[2:]))
+        cut = x * mask_of(reads, tuple(x.shape[2:]), x.device)
+        assert rel(layer.apply(cut, layer.weight, layer.bias)[inside], whole[inside]) <= 1e-13
+        if transposed:
+            assert layer.on_box(box, x.shape[2:]) is layer  # computed whole (cheap: upsampling layers)
+            continue
+        on_box = replace(layer, output_box=box)  # `on_box` itself only for boxes that pay
+        assert on_box.apply(x, layer.weight, layer.bias).shape == whole.shape
+        assert rel(on_box.apply(x, layer.weight, layer.bias)[inside], whole[inside]) <= 1e-13
+        assert rel(on_box.apply(x, layer.weight)[inside], layer.apply(x, layer.weight)[inside]) <= 1e-13
+        small = layer.on_box(box, x.shape[2:])
+        assert (small is layer) == (volume(box) > MOST_OF * whole[0, 0].numel())
+
+
+def test_conv_on_a_box_that_reads_only_padding():
+    """An output box whose inputs all lie in a padding wider than the kernel: bias alone."""
+    layer = replace(conv(1, k=1, p=3, bias=True), output_box=((0, 2),))
+    x = torch.randn(1, 4, 10, dtype=F64, generator=gen(21))
+    whole = conv(1, k=1, p=3, bias=True).apply(x, layer.weight, layer.bias)
+    assert torch.equal(layer.apply(x, layer.weight, layer.bias)[..., :2], whole[..., :2])
+
+
+def box_nets():
+    from lrp_models import ResidualNormNet, prepare
+    return [("unet", seed_unet(), (8, 8, 8)), ("unet_deep", seed_unet(base=3, depth=3), (8, 16, 8)),
+            ("residual_norm", prepare(ResidualNormNet()), (8, 8, 8))]
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus_flat"])
+def test_graph_transpose_on_an_output_box_equals_the_whole_pass_there(composite):
+    """v = Lᵀ1 on an output box (`Graph.transpose(output_box=...)`, each convolution on the box its
+    consumers read: cat, +, pooling, upsampling, interpolation, norms in between) equals the whole
+    pass on that box, in float64, for boxes at the corners, borders and inside."""
+    for name, model, spatial in box_nets():
+        x = torch.randn((1, 3) + spatial, dtype=F64, generator=gen(22))
+        graph = prepare_graph(model, x, composite)
+        ones = torch.ones_like(x)
+        whole = graph.transpose(ones)
+        for box in output_boxes(whole.shape[2:]) + [((1, 3), (2, 7), (0, 4))]:
+            needed = graph.needed_boxes(box)
+            assert needed[graph.output] == box and sum(b is not None for b in needed.values()) > 1, name
+            if name.startswith("unet"):  # 3×3×3 convolutions read a larger box, up to the input
+                assert any(b is not None and b != box for b in needed.values())
+            part = graph.transpose(ones, output_box=box)
+            assert rel(part[slices(box)], whole[slices(box)]) <= 1e-12, (name, box)

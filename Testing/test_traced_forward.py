@@ -133,13 +133,36 @@ def test_one_lrp_pass_for_all_regions_and_one_normalization_per_target(case, mon
         traced.composition(1, chunk=2)                        # C = 3 indicators in batches of 2
         traced.composition(1, tolerance=0.5)                  # cached: no pass at all
         assert calls == {"relevance": 2, "transpose": 3}
-        traced.explain({"r0": regions["r0"]}, 0)              # another target: its own s_a
+        traced.explain({"r0": regions["r0"]}, 0)              # another target: its own s_a (r0's voxels)
         assert calls == {"relevance": 3, "transpose": 4}
         traced.explain(regions, 0)                            # CPU default: one pass per region
-        assert calls == {"relevance": 3 + len(regions), "transpose": 4}
+        assert calls == {"relevance": 3 + len(regions), "transpose": 5}  # s_a of the other regions' voxels
+        traced.explain({"r1": regions["r1"]}, 0)              # every voxel of r1 has its s_a now
+        assert calls == {"relevance": 4 + len(regions), "transpose": 5}
     with TracedForward(model, x, "epsilon", "cpu") as traced:
         traced.composition(1)                                 # CPU default: one sequence per pass
-        assert calls["transpose"] == 4 + x.shape[1]
+        assert calls["transpose"] == 5 + x.shape[1]
+
+
+def test_normalization_on_region_boxes_adds_each_voxel_once(case, monkeypatch):
+    """A region's s_a comes from a transposed pass on its bounding box only; a later, overlapping
+    region and the composition add the voxels that still lack it, each once: the numbers of fresh
+    objects and of the per-voxel definition."""
+    model, x, _ = case
+    regions = boxes((8, 8, 8), ((0, 0, 0), (3, 3, 2)), ((2, 1, 1), (4, 4, 4)))
+    calls = count_graph_passes(monkeypatch)
+    with TracedForward(model, x, "epsilon_gamma_box", "cpu") as traced:
+        first = traced.explain({"a": regions["r0"]}, 1)["a"]
+        second = traced.explain({"b": regions["r1"]}, 1)["b"]
+        assert calls["transpose"] == 2  # b overlaps a: its pass adds b's other voxels
+        composition = traced.composition(1)
+        assert calls["transpose"] == 2 + x.shape[1]
+    assert_same(first, explain_region(model, x, regions["r0"], 1, "epsilon_gamma_box", "cpu"))
+    assert_same(second, explain_region(model, x, regions["r1"], 1, "epsilon_gamma_box", "cpu"))
+    reference, used = per_voxel_reference(model, x, regions["r1"], 1, "epsilon_gamma_box")
+    assert second.n_used == used and relative_error(second.relevance, reference) <= 1e-8
+    assert torch.allclose(composition, sequence_composition(model, x, 1, "epsilon_gamma_box", "cpu"),
+                          atol=1e-12, rtol=0)
 
 
 def test_regions_are_named_in_errors(case):

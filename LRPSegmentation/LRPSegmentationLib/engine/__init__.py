@@ -5,6 +5,7 @@
 - `rules`: one class per LRP rule, linear in the relevance, with its transpose.
 - `composites`: which rule each layer gets (Zennit's names).
 - `region`: the seed's voxel and region explanations, and per-sequence composition.
+- `support`: bounding boxes of the part of a tensor a pass needs (convolutions skip the rest).
 - `sliding`: the same, exactly, for volumes larger than one network patch (Gaussian-blended windows).
 - `forward`: `TracedForward`, one traced forward pass of a case (whole or windowed) answering the
   prediction, any number of region explanations and the composition; the functions above wrap it.

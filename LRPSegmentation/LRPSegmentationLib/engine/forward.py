@@ -15,7 +15,9 @@ larger than one patch) and keeps what it traced between questions:
 Cost per window (the whole volume is one window; only windows touching a region run its LRP):
 
 - forward: once; again only for a window whose traced graph did not fit ``keep_graphs_gib``;
-- normalization s_a: one transposed pass per target, cached;
+- normalization s_a: one transposed pass per target, cached voxel by voxel; for a region, the pass
+  runs on the bounding box of its voxels that lack s_a (`Graph.transpose`'s ``output_box``: each
+  convolution computes only what the rest of the pass reads);
 - regions: one LRP pass per region of an `explain` call, whatever its size (on CUDA all regions in
   one batch; on the CPU one at a time, which is faster there: see `TracedForward._batch_size`);
 - composition: C transposed passes per target (their sum is the normalization's pass when that has
@@ -39,6 +41,7 @@ from .composites import Composite, resolve_composite
 from .graph import Graph
 from .region import (DEFAULT_COMPOSITE, DEFAULT_TOLERANCE, RegionExplanation, Target, as_target, check_region,
                      check_tolerance, checked_input, model_on, prepare_graph, region_label, tf32_off)
+from .support import bounding_box, is_small, mask_of
 from .sliding import (DEFAULT_OVERLAP, DEFAULT_SIGMA_SCALE, Progress, _Blend, _check_overlap, _check_patch_output,
                       _check_shape, _graph_budget, _report, _room_for)
 
@@ -65,8 +68,10 @@ def _inverse(total: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
 
 class _Scores:
     """The seed's normalization for one target over the output grid (D, H, W), accumulated window
-    by window (``done``): s_a (``total``) and the relevance injected for a, Σ_p ω_pa Σ_k |c_k y_pak|
-    (``scale``). A voxel's values are final once every window containing it is done."""
+    by window: s_a (``total``) and the relevance injected for a, Σ_p ω_pa Σ_k |c_k y_pak|
+    (``scale``). A voxel's values are final once every window containing it has added its share:
+    windows in ``done`` have added it for all their voxels, those in ``partial`` for the voxels of
+    their mask (an explanation needs its region's voxels only)."""
 
     def __init__(self, target: Target, grid: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
         self.target = target
@@ -74,6 +79,14 @@ class _Scores:
         self.total = torch.zeros(grid, dtype=dtype, device=device)
         self.scale = torch.zeros_like(self.total)
         self.done: set[int] = set()
+        self.partial: dict[int, torch.Tensor] = {}  # window → bool (d, h, w) on its output
+
+    def lacks(self, p: int, need: torch.Tensor) -> bool:
+        """Whether some voxel of ``need`` (bool on window p's output) lacks window p's share."""
+        if p in self.done:
+            return False
+        added = self.partial.get(p)
+        return bool((need if added is None else need & ~added).any())
 
     def numerator(self, logits: torch.Tensor) -> torch.Tensor:
         """c⊙y (1, K, ...) for window logits y (1, K, ...)."""
@@ -292,21 +305,43 @@ class TracedForward:
             self._scores[target] = _Scores(target, self.output_shape, self._x.dtype, self.device)
         return self._scores[target]
 
-    def _normalize(self, scores: _Scores, p: int, graph: Graph, v: torch.Tensor | None = None) -> None:
-        """Add window p's share of s_a and of the injected relevance (one transposed pass, once).
-        ``v``: Lᵀ1 (1, K, d, h, w) of window p when the caller already has it (no pass then)."""
+    def _normalize(self, scores: _Scores, p: int, graph: Graph, v: torch.Tensor | None = None,
+                   need: torch.Tensor | None = None) -> None:
+        """Add window p's share of s_a and of the injected relevance for the voxels of ``need``
+        (bool on the window's output; None: all) that lack it, from one transposed pass — run on
+        the bounding box of those voxels when that is small (`Graph.transpose`'s ``output_box``).
+        ``v``: Lᵀ1 (1, K, d, h, w) of the whole window when the caller already has it (no pass then)."""
         if p in scores.done:
             return
-        numerator = scores.numerator(graph.logits)
+        spatial, added, box = tuple(graph.logits.shape[2:]), scores.partial.get(p), None
+        if need is not None and v is None:
+            box = bounding_box(need if added is None else need & ~added)
+            if box is None:  # all added before
+                return
+            if not is_small(box, spatial):
+                box = None
         if v is None:
-            v = graph.transpose(torch.ones(graph.input_shape, dtype=self._x.dtype, device=self.device))
+            ones = torch.ones(graph.input_shape, dtype=self._x.dtype, device=self.device)
+            v = graph.transpose(ones, output_box=box)
+        numerator = scores.numerator(graph.logits)
         total, scale = (numerator * v).sum(1)[0], numerator.abs().sum(1)[0]
+        # The voxels this pass adds: its box's (v is exact there only), less those added before.
+        fresh = None if box is None else mask_of(box, spatial, self.device)
+        if added is not None:
+            fresh = ~added if fresh is None else fresh & ~added
+        if fresh is not None:
+            total, scale = torch.where(fresh, total, 0.0), torch.where(fresh, scale, 0.0)
         omega = self._omega(p)
         if omega is not None:
             total, scale = omega * total, omega * scale
         scores.total[self._windows[p]] += total
         scores.scale[self._windows[p]] += scale
-        scores.done.add(p)
+        added = fresh if added is None else added | fresh
+        if added is None or bool(added.all()):
+            scores.done.add(p)
+            scores.partial.pop(p, None)
+        else:
+            scores.partial[p] = added
 
     def _batch_size(self, chunk: int | None) -> int | None:
         """Vectors per batched pass: ``chunk``, or for None one on the CPU (batched full-resolution
@@ -357,10 +392,12 @@ class TracedForward:
         touching = [{p for p, window in enumerate(self._windows) if mask[window].any()} for mask in masks]
         union = sorted(set().union(*touching))
         scores = self._scores_for(target)
-        pending = [p for p in union if p not in scores.done]
+        needs = {p: functools.reduce(torch.logical_or, [m[self._windows[p]] for m, t in zip(masks, touching) if p in t])
+                 for p in union}
+        pending = [p for p in union if scores.lacks(p, needs[p])]
         steps, retraces = len(pending) + len(union), self._retraces
         for done, p in enumerate(pending, 1):  # s_a of a needs every window containing a
-            self._normalize(scores, p, self._graph(p))
+            self._normalize(scores, p, self._graph(p), need=needs[p])
             _report(progress, done, steps)
 
         conservation = scores.conservation()

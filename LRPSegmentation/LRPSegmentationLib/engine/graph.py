@@ -41,6 +41,7 @@ from .linear import LinearLayer
 from .modern import GATES, ModernOps
 from .nodes import (AdjointNode, CatNode, InputNode, LayerNode, MaxPoolNode, Node, NormNode, PassNode, SumNode,
                     UnsupportedOperationError)
+from .support import Box, union
 
 
 _TAG = "_lrp_trace"  # attribute on traced tensors: (tracer id, what), see `_Tracer.tag_of`
@@ -540,6 +541,9 @@ class Graph:
         self.logits: torch.Tensor = values[output]
         self._values = values
         self.input_shape = values[0].shape
+        #: Each value's shape after (N, C) (None for a non-tensor): what `needed_boxes` checks against.
+        self.spatial = [tuple(v.shape[2:]) if isinstance(v, torch.Tensor) and v.dim() > 2 else None
+                        for v in values]
         live = {output}
         for index in range(output, -1, -1):
             if index in live:
@@ -638,9 +642,30 @@ class Graph:
                 counts[j] += 1
         return counts
 
-    def transpose(self, v_input: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
+    def needed_boxes(self, output_box: Box) -> dict[int, Box | None]:
+        """For each live node, the box of its value that the output on ``output_box`` depends on
+        (None: all of it), from the output back through `Node.input_boxes`; a value read by several
+        nodes needs the union of what each reads."""
+        boxes: dict[int, Box | None] = {self.output: output_box}
+        for index in reversed(self.live[1:]):
+            node, box = self.nodes[index], boxes.get(index)
+            spatial = self.spatial[index]
+            if box is None or spatial is None or len(box) != len(spatial):
+                needs = [None] * len(node.inputs)
+            else:
+                needs = node.input_boxes(box, [self.spatial[i] for i in node.inputs], spatial)
+            for i, need in zip(node.inputs, needs):
+                boxes[i] = union((boxes[i], need)) if i in boxes else need
+        return boxes
+
+    def transpose(self, v_input: torch.Tensor, channels: Sequence[int] | None = None,
+                  output_box: Box | None = None) -> torch.Tensor:
         """v_out = Lᵀ-direction pass: given v at the input (B, C, ...) return v at the output
         (B, K, ...). With v_input = 1 this is the conserved fraction Lᵀ1 of every output.
+
+        ``output_box``: only this box of v_out is needed (the voxels of a painted region): each
+        convolution then computes just the box of its output that the rest of the pass reads
+        (`needed_boxes`), and v_out is exact inside ``output_box`` only (zero or partial outside).
 
         ``channels``: a batch of input-channel indicators. v_input is then (1, C, ...) and row j of
         the batch is v_input ⊙ 1_c, c = channels[j] (the sequence composition's Lᵀ1_c for v_input
@@ -655,6 +680,7 @@ class Graph:
             return torch.cat([self.transpose(v_input[i:i + 1]) for i in range(v_input.shape[0])])
         remaining = self._consumers()
         v = {} if channels is not None else {0: v_input}
+        boxes = self.needed_boxes(output_box) if output_box is not None and not self.folds_batch else {}
 
         def operand(i: int) -> torch.Tensor:
             if i not in v:  # node 0 as the full batch of indicator rows, built on first need only
@@ -666,7 +692,12 @@ class Graph:
             out = None
             if channels is not None and node.inputs == (0,) and isinstance(node, LayerNode):
                 out = node.transpose_channels(v_input, channels)
-            v[index] = out if out is not None else node.transpose([operand(i) for i in node.inputs])
+            if out is None:
+                operands = [operand(i) for i in node.inputs]
+                box = boxes.get(index)
+                out = node.transpose(operands, box) if box is not None and isinstance(node, LayerNode) \
+                    else node.transpose(operands)
+            v[index] = out
             for i in node.inputs:
                 remaining[i] -= 1
                 if remaining[i] == 0 and i != self.output:

@@ -6,12 +6,13 @@ dimension), dense layers and per-channel affine maps (a normalization that could
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+
+from .support import Box, bounding_box, is_small, slices
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,13 @@ class LinearLayer:
     transposed: bool = False
     output_padding: tuple[int, ...] = ()
     groups: int = 1
+    #: Set by `on_box` only: `apply` computes this box of the output (see there).
+    output_box: Box | None = None
 
     def apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """A' x + b' for modified parameters ``weight``/``bias`` (same shapes as the layer's)."""
+        if self.output_box is not None:
+            return self._apply_on_box(x, weight, bias)
         if self.kind == "conv":
             return torch.ops.aten.convolution(x, weight, bias, list(self.stride), list(self.padding),
                                               list(self.dilation), self.transposed,
@@ -60,6 +65,67 @@ class LinearLayer:
             piece = weight[c:c + 1] if self.transposed else weight[:, c:c + 1]  # input channel c's weights
             rows.append(self.apply(x[:, c:c + 1], piece))
         return torch.cat(rows)
+
+    # -- boxes: the part of the output a pass needs (`support`) ---------------------------------
+    def output_spatial(self, input_spatial: Sequence[int]) -> tuple[int, ...]:
+        """Spatial output shape of a convolution for an input of this spatial shape."""
+        k = self.weight.shape[2:]
+        if self.transposed:
+            return tuple((n - 1) * s - 2 * p + d * (kk - 1) + op + 1 for n, s, p, d, kk, op in
+                         zip(input_spatial, self.stride, self.padding, self.dilation, k, self.output_padding))
+        return tuple((n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, s, p, d, kk in
+                     zip(input_spatial, self.stride, self.padding, self.dilation, k))
+
+    def input_box(self, box: Box, input_spatial: Sequence[int]) -> Box | None:
+        """The box of the input that the output on ``box`` depends on (None: all of it)."""
+        if self.kind == "channel":
+            return box
+        if self.kind != "conv" or len(box) != len(self.stride) or len(input_spatial) != len(box):
+            return None
+        result = []
+        for (a, b), s, p, d, k, n in zip(box, self.stride, self.padding, self.dilation, self.weight.shape[2:],
+                                         input_spatial):
+            if self.transposed:  # input i reaches outputs i·s − p + j·d, j = 0 … k − 1
+                low, high = -(-(a + p - d * (k - 1)) // s), (b - 1 + p) // s + 1
+            else:  # output o reads inputs o·s − p + j·d
+                low, high = a * s - p, (b - 1) * s - p + d * (k - 1) + 1
+            low, high = max(low, 0), min(high, n)
+            if low >= high:  # nothing of the input reaches the box along this axis: any one index will do
+                low = min(max(low, 0), n - 1)
+                high = low + 1
+            result.append((low, high))
+        return tuple(result)
+
+    def on_box(self, box: Box | None, input_spatial: Sequence[int]) -> "LinearLayer":
+        """This layer with `apply` computing only ``box`` of its output, zeros elsewhere: for a
+        transposed pass whose later layers read no more of it (`Graph.transpose`'s ``output_box``).
+        Itself where that does not pay (a box of most of the output) or for other than plain
+        (not transposed) convolutions."""
+        if self.kind != "conv" or self.transposed or box is None or len(box) != len(self.stride):
+            return self
+        return replace(self, output_box=box) if is_small(box, self.output_spatial(input_spatial)) else self
+
+    def _apply_on_box(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`apply` on ``output_box`` only: the input crop it reads, zero-padded where it passes the
+        border (the layer's own padding), convolved without padding; the same sums."""
+        box, spatial = self.output_box, x.dim() - 2
+        out = x.new_zeros((x.shape[0], weight.shape[0]) + self.output_spatial(x.shape[2:]))
+        crop, pads = [], []
+        for (a, b), s, p, d, k, n in zip(box, self.stride, self.padding, self.dilation, weight.shape[2:], x.shape[2:]):
+            start, stop = a * s - p, (b - 1) * s - p + d * (k - 1) + 1
+            low, high = max(start, 0), min(stop, n)
+            if low >= high:  # the box reads only padding: zeros (plus the bias)
+                if bias is not None:
+                    out[slices(box)] = bias.view((1, -1) + (1,) * spatial)
+                return out
+            crop.append(slice(low, high))
+            pads.append((low - start, stop - high))
+        piece = x[(slice(None), slice(None), *crop)]
+        if any(before or after for before, after in pads):
+            piece = F.pad(piece, [n for pair in reversed(pads) for n in pair])
+        out[slices(box)] = torch.ops.aten.convolution(piece, weight, bias, list(self.stride), [0] * spatial,
+                                                      list(self.dilation), False, [0] * spatial, self.groups)
+        return out
 
     def shape_bias(self, bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """A bias (out,) shaped to broadcast against this layer's output ``like``."""
@@ -99,15 +165,10 @@ class LinearLayer:
         spatial = s.dim() - 2
         if self.transposed or spatial < 1 or any(st != 1 for st in self.stride):
             return None
-        nonzero = s.ne(0).flatten(0, 1).any(0)  # (*spatial) support over batch and channels
-        box = []
-        for axis in range(spatial):
-            others = tuple(a for a in range(spatial) if a != axis)
-            hits = nonzero.any(others).nonzero().flatten() if others else nonzero.nonzero().flatten()
-            if hits.numel() == 0:
-                return s.new_zeros(shape)
-            box.append((int(hits[0]), int(hits[-1]) + 1))
-        if math.prod(b - a for a, b in box) > 0.5 * nonzero.numel():
+        box = bounding_box(s.ne(0).flatten(0, 1).any(0))  # support over batch and channels
+        if box is None:
+            return s.new_zeros(shape)
+        if not is_small(box, s.shape[2:]):
             return None
         out = s.new_zeros(shape)
         # With padding 0, an input crop that starts at a - p and is (b - a) + dilation·(k - 1) long

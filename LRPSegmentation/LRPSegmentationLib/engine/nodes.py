@@ -16,6 +16,15 @@ import torch
 from .composites import Composite
 from .linear import LinearLayer
 from .rules import stabilize
+from .support import Box
+
+Spatial = tuple[int, ...] | None  # a traced value's shape after (N, C); None where it has none
+
+
+def _same_box(box: Box, inputs: list[Spatial], output: Spatial) -> list[Box | None]:
+    """Input boxes of a node that works voxel by voxel: the output's box for each input of the
+    output's spatial shape, the whole of any other (a broadcast term)."""
+    return [box if spatial == output else None for spatial in inputs]
 
 
 class UnsupportedOperationError(ValueError):
@@ -49,6 +58,11 @@ class Node(abc.ABC):
     @abc.abstractmethod
     def relevance(self, r: torch.Tensor) -> list[torch.Tensor]:
         """Map this node's output relevance to one relevance tensor per input."""
+
+    def input_boxes(self, box: Box, inputs: list[Spatial], output: Spatial) -> list[Box | None]:
+        """For each input, the box of it that `transpose`'s output on ``box`` depends on (None: all
+        of it, the safe answer for any operation). ``inputs``/``output``: the traced spatial shapes."""
+        return [None] * len(self.inputs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, inputs={self.inputs})"
@@ -90,8 +104,15 @@ class LayerNode(Node):
         self.input_shape = x.shape
         self.state = self.rule.prepare(self.layer, x, values[index])
 
-    def transpose(self, v_in):
-        return self.rule.transpose(self.layer, self.state, v_in[0])
+    def transpose(self, v_in, box: Box | None = None):
+        """``box``: the part of the output the pass needs; convolutions may skip the rest."""
+        layer = self.layer if box is None else self.layer.on_box(box, self.input_shape[2:])
+        return self.rule.transpose(layer, self.state, v_in[0])
+
+    def input_boxes(self, box, inputs, output):
+        if self.layer.kind == "channel":
+            return _same_box(box, inputs, output)
+        return [None if inputs[0] is None else self.layer.input_box(box, inputs[0])]
 
     def relevance(self, r):
         return [self.rule.relevance(self.layer, self.state, r)]
@@ -113,6 +134,9 @@ class PassNode(Node):
 
     def relevance(self, r):
         return [r]
+
+    def input_boxes(self, box, inputs, output):
+        return _same_box(box, inputs, output)
 
 
 def _per_sample(fn: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor, n0: int = 1) -> torch.Tensor:
@@ -205,6 +229,9 @@ class SumNode(Node):
         s = r * self.inv_d
         return [_sum_to(t * s, t.shape) for t in self.terms]
 
+    def input_boxes(self, box, inputs, output):
+        return _same_box(box, inputs, output)
+
 
 class CatNode(Node):
     """Concatenation (U-Net skips): relevance is split back to the pieces. ``sizes`` has one entry
@@ -228,6 +255,9 @@ class CatNode(Node):
     def relevance(self, r):
         chunks = torch.split(r, self.sizes, dim=self.dim)
         return [chunks[k] for k, piece in enumerate(self.pieces) if piece is not None]
+
+    def input_boxes(self, box, inputs, output):
+        return _same_box(box, inputs, output) if self.dim == 1 else [None] * len(self.inputs)
 
 
 class MaxPoolNode(Node):
