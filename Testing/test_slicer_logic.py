@@ -406,6 +406,19 @@ def test_package_box_bounds_are_used(case):
     assert boxed.shares.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_an_explain_click_runs_the_composition_passes_and_one_lrp_pass(case, monkeypatch):
+    """The composition runs first: its C transposed passes give every voxel's s_a, so the region
+    needs its LRP pass only (no transposed pass of its own)."""
+    from lrp_models import count_graph_passes
+
+    request = logic.prepare_explain(case.inputs, case.reference, case.segmentation, case.segment_id,
+                                    make_package(), 1, None, "cpu")
+    calls = count_graph_passes(monkeypatch)
+    result = compute.compute_explanation(request, make_package())
+    assert calls == {"transpose": len(SEQUENCES), "relevance": 1}
+    assert result.shares.sum() == pytest.approx(1.0, abs=1e-5)
+
+
 def test_a_real_model_package_drives_segment_and_explain(case, tmp_path):
     """models.package.ModelPackage (saved and loaded) is accepted as the package."""
 

@@ -224,12 +224,15 @@ def compute_explanation(request: ExplainRequest, package: Any, model: Any = None
     traced = contextlib.nullcontext(forward) if forward is not None else trace_case(request, package, model)
     with _gpu_memory_errors():
         with traced as case_forward:
-            report(progress, 0.15, f"LRP of {request.region_name}")
+            # The composition first: its C transposed passes also give every voxel's s_a, so the
+            # region's explanation then needs its LRP pass only (the other order runs one more
+            # transposed pass, on the region's box).
+            report(progress, 0.15, "Sequence composition of every voxel")
+            composition = case_forward.composition(target, tolerance)
+            check_cancel(cancel)
+            report(progress, 0.6, f"LRP of {request.region_name}")
             name = request.region_name
             explanation = case_forward.explain({name: request.region}, target, tolerance)[name]
-            check_cancel(cancel)
-            report(progress, 0.55, "Sequence composition of every voxel")
-            composition = case_forward.composition(target, tolerance)
         margin_retained = flagged = None
         if request.cross_check:
             check_cancel(cancel)
