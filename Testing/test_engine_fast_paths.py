@@ -1,9 +1,7 @@
-"""The engine's fast paths against their plain definitions, in float64: the adjoint of a stride-1
-convolution on the support of s, per-channel layer products, the two-map z^B rule, the per-channel
+"""The engine's fast paths against their plain definitions, in float64: each rule on the support of
+the relevance (`linear.Crop`), per-channel layer products, the two-map z^B rule, the per-channel
 transposed pass, the transposed pass on a box of the output, and explain_region for regions touching the
 volume's border."""
-
-from dataclasses import replace
 
 import pytest
 import torch
@@ -13,8 +11,8 @@ from LRPSegmentationLib.engine import explain_region
 from LRPSegmentationLib.engine.linear import LinearLayer
 from LRPSegmentationLib.engine.nodes import LayerNode
 from LRPSegmentationLib.engine.region import prepare_graph
-from LRPSegmentationLib.engine.rules import AlphaBeta, Epsilon, ZBox
-from LRPSegmentationLib.engine.support import MOST_OF, mask_of, slices, volume
+from LRPSegmentationLib.engine.rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
+from LRPSegmentationLib.engine.support import MOST_OF, bounding_box, mask_of, slices, volume
 from lrp_models import per_voxel_reference, seed_unet
 
 F64 = torch.float64
@@ -56,38 +54,71 @@ CASES = [(n, k, p, d, g) for n in (1, 2, 3) for k, p, d in [(1, 0, 1), (3, 1, 1)
          for g in (1, 2)]
 
 
+def layer_node(layer: LinearLayer, rule, x: torch.Tensor) -> LayerNode:
+    """A prepared graph node for ``layer`` with ``rule`` on input x (batch 1)."""
+    node = LayerNode((0,), "test", layer, "conv")
+    node.rule, node.input_shape = rule, x.shape
+    node.state = rule.prepare(layer, x, layer.apply(x, layer.weight, layer.bias))
+    return node
+
+
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("n,k,p,d,groups", CASES)
-def test_adjoint_on_support_equals_whole_tensor_adjoint(n, k, p, d, groups):
-    layer = conv(n, k=k, p=p, d=d, groups=groups)
-    in_shape = (2, 4) + (SIZES[n],) * n
-    out_shape = layer.apply(torch.zeros((1,) + in_shape[1:], dtype=F64), layer.weight).shape
-    out_shape = (2,) + tuple(out_shape[1:])
+def test_relevance_on_the_support_equals_the_whole_tensors(n, k, p, d, groups, stride):
+    """`LayerNode.relevance` runs the rule on the bounding box of r's nonzero values (`Crop`): the
+    same input relevance as on the whole tensors, and the cropped adjoint satisfies <Ax, s> = <x, Aᵀs>."""
+    layer = conv(n, k=k, p=p, d=d, groups=groups, stride=stride, bias=True)
+    x = torch.randn((1, 4) + (SIZES[n],) * n, dtype=F64, generator=gen(3))
+    node = layer_node(layer, Epsilon(), x)
+    out_shape = (2, 4) + layer.output_spatial(x.shape[2:])
     for where in ("corner", "middle", "border"):
         s = sparse_s(out_shape, where)
-        fast = layer._adjoint_on_support(s, layer.weight, in_shape)
-        assert fast is not None, "a small box must take the cropped path"
-        reference = layer._conv_adjoint(s, layer.weight, in_shape, layer.padding)
-        assert rel(fast, reference) <= 1e-12
-        assert rel(layer.adjoint(s, layer.weight, in_shape[:1] + in_shape[1:]), reference) <= 1e-12
-        # The plain definition: <A x, s> = <x, Aᵀ s>.
-        x = torch.randn(in_shape, dtype=F64, generator=gen(3))
-        assert torch.isclose((layer.apply(x, layer.weight) * s).sum(), (x * fast).sum(), rtol=1e-12, atol=1e-12)
-    # A box over half of s: the whole-tensor adjoint is used.
-    dense = torch.randn(out_shape, dtype=F64, generator=gen(4))
-    assert layer._adjoint_on_support(dense, layer.weight, in_shape) is None
-    zero = layer._adjoint_on_support(torch.zeros(out_shape, dtype=F64), layer.weight, in_shape)
-    assert zero is not None and zero.shape == in_shape and not zero.any()
+        crop = layer.crop(bounding_box(s.ne(0).flatten(0, 1).any(0)), x.shape[2:])
+        assert crop is not None, "a small box must take the cropped path"
+        reference = node.rule.relevance(layer, node.state, s)
+        assert rel(node.relevance(s)[0], reference) <= 1e-12
+        if crop.reads_padding_only:
+            continue
+        adjoint = s.new_zeros((2,) + tuple(x.shape[1:]))
+        adjoint[crop.input_index] = crop.unpad(crop.layer.adjoint(crop.output(s), layer.weight,
+                                                                  crop.input_shape(x.shape)))
+        assert rel(adjoint, layer.adjoint(s, layer.weight, x.shape)) <= 1e-12
+        assert torch.isclose((layer.apply(x, layer.weight) * s).sum(), (x * adjoint).sum(), rtol=1e-12, atol=1e-12)
+    # A box over half of the output: the whole tensors are used; no support: zero relevance.
+    assert layer.crop(tuple((0, m) for m in out_shape[2:]), x.shape[2:]) is None
+    zero = node.relevance(torch.zeros(out_shape, dtype=F64))[0]
+    assert zero.shape == (2,) + tuple(x.shape[1:]) and not zero.any()
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_adjoint_on_support_refuses_strided_and_transposed(n):
-    for layer in (conv(n, stride=2), conv(n, k=2, p=0, stride=2, transposed=True), conv(n, transposed=True)):
-        in_shape = (1, 4) + (SIZES[n],) * n
-        out_shape = layer.apply(torch.zeros(in_shape, dtype=F64), layer.weight).shape
-        s = sparse_s(out_shape, "corner")
-        assert layer._adjoint_on_support(s, layer.weight, in_shape) is None
-        reference = layer._conv_adjoint(s, layer.weight, in_shape, layer.padding)
-        assert rel(layer.adjoint(s, layer.weight, in_shape), reference) == 0
+def test_transposed_and_dense_layers_are_not_cropped(n):
+    for layer in (conv(n, k=2, p=0, stride=2, transposed=True), conv(n, transposed=True)):
+        assert layer.crop(((0, 1),) * n, (SIZES[n],) * n) is None
+    dense = LinearLayer("dense", torch.randn(3, 4, dtype=F64), None)
+    assert dense.crop(((0, 1),), (4,)) is None
+
+
+RULES = [Epsilon(), Epsilon(0.1), Gamma(0.25), ZBox(-3.0, 3.0), ZPlus(), AlphaBeta(), Flat(), WSquare()]
+GEOMETRIES = [(3, 3, 1, 1, 1), (3, 3, 0, 2, 2), (2, 5, 2, 1, 1), (3, 1, 0, 1, 1)]  # n, k, p, d, stride
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+@pytest.mark.parametrize("n,k,p,d,stride", GEOMETRIES)
+def test_every_rule_on_a_crop_equals_the_whole_tensors(rule, n, k, p, d, stride):
+    """Each rule's `crop` of its state: relevance from a sparse r and the transposed pass on an
+    output box equal the whole-tensor ones there (signed input: γ's x⁻ terms and z⁺'s take part)."""
+    layer = conv(n, k=k, p=p, d=d, stride=stride, bias=True)
+    x = torch.randn((1, 4) + (SIZES[n],) * n, dtype=F64, generator=gen(5))
+    node = layer_node(layer, rule, x)
+    out_shape = (2, 4) + layer.output_spatial(x.shape[2:])
+    v = torch.rand((2,) + tuple(x.shape[1:]), dtype=F64, generator=gen(6)) + 0.5
+    whole_v = rule.transpose(layer, node.state, v)
+    for where in ("corner", "middle", "border"):
+        s = sparse_s(out_shape, where)
+        box = bounding_box(s[0, 0] != 0)
+        assert rule.crop(node.state, layer.crop(box, x.shape[2:])) is not None
+        assert rel(node.relevance(s)[0], rule.relevance(layer, node.state, s)) <= 1e-12
+        assert rel(node.transpose([v], box)[slices(box)], whole_v[slices(box)]) <= 1e-12
 
 
 @pytest.mark.parametrize("layer", [conv(3, cin=3, cout=5), conv(3, cin=3, cout=5, k=2, p=0, stride=2, transposed=True),
@@ -225,14 +256,17 @@ def test_region_touching_the_border_equals_per_voxel_loop(unet_input, composite)
     assert result.diagnostics["conservation_error"] <= 1e-10
 
 
-def test_adjoint_on_support_with_support_inside_wide_padding():
-    """A support box wholly inside a padding wider than dilation·(k−1) reads only zeros: its
-    input relevance is empty (once a crash: the crop's end fell before its start)."""
-    layer = conv(1, k=1, p=3)  # legal in PyTorch: padding wider than the kernel
+def test_a_box_that_reads_only_padding():
+    """A box wholly inside a padding wider than dilation·(k−1) reads only zeros: its input relevance
+    is empty and its transposed output zero (once a crash: the crop's end fell before its start)."""
+    layer = conv(1, k=1, p=3, bias=True)  # legal in PyTorch: padding wider than the kernel
+    x = torch.randn(1, 4, 10, dtype=F64, generator=gen(21))
+    node = layer_node(layer, Epsilon(), x)
+    assert layer.crop(((0, 2),), (10,)).reads_padding_only
     s = torch.zeros(1, 4, 16, dtype=F64)
     s[0, 1, 0] = 1.0  # an output that reads only zero padding
-    reference = layer._conv_adjoint(s, layer.weight, (1, 4, 10), layer.padding)
-    assert torch.equal(layer.adjoint(s, layer.weight, (1, 4, 10)), reference)
+    assert torch.equal(node.relevance(s)[0], node.rule.relevance(layer, node.state, s))
+    assert not node.transpose([torch.ones_like(x)], ((0, 2),)).any()
 
 
 @pytest.mark.parametrize("signed", ["none", "some", "all"])
@@ -262,6 +296,10 @@ def test_gamma_equals_zennits_four_term_form_for_every_sign_pattern(signed):
     adj = lambda s, weight: F.conv_transpose3d(s, weight, padding=1)  # noqa: E731
     reference = xp * (adj(s_pos, up) + adj(s_neg, un)) + xn * (adj(s_pos, un) + adj(s_neg, up))
     assert rel(rule.relevance(layer, state, r.clone()), reference) <= 1e-12
+    # Relevance at outputs z > 0 only (a ReLU follows): the s⁻ products are skipped, same numbers.
+    on_positive = r * (z > 0)
+    reference = xp * adj(on_positive / stabilize(d_pos, 1e-6), up) + xn * adj(on_positive / stabilize(d_pos, 1e-6), un)
+    assert rel(rule.relevance(layer, state, on_positive), reference) <= 1e-12
 
     v = torch.randn((2,) + tuple(x.shape[1:]), dtype=F64, generator=gen(10))
     forward = rule.transpose(layer, state, v)
@@ -290,9 +328,10 @@ BOX_CASES = [(n, k, p, d, g, s, t) for n in (1, 2, 3)
 
 @pytest.mark.parametrize("n,k,p,d,groups,stride,transposed", BOX_CASES)
 def test_conv_on_a_box_and_the_input_box_it_reads(n, k, p, d, groups, stride, transposed):
-    """`LinearLayer.on_box`'s apply equals the whole output on the box, and the output there depends
-    on `input_box` of the input alone (zeroing the rest changes nothing): plain and transposed
-    convolutions, any stride, padding (also wider than the kernel), dilation and groups, float64."""
+    """`LinearLayer.crop`: the unpadded layer on the cut input equals the whole output on the box,
+    and the output there depends on `input_box` of the input alone (zeroing the rest changes
+    nothing): plain and transposed convolutions, any stride, padding (also wider than the kernel),
+    dilation and groups, float64."""
     layer = conv(n, cin=4, cout=6, k=k, p=p, d=d, groups=groups, stride=stride, transposed=transposed, bias=True)
     x = torch.randn((1, 4) + (SIZES[n],) * n, dtype=F64, generator=gen(20))
     whole = layer.apply(x, layer.weight, layer.bias)
@@ -303,23 +342,15 @@ def test_conv_on_a_box_and_the_input_box_it_reads(n, k, p, d, groups, stride, tr
         assert all(0 <= a < b <= size for (a, b), size in zip(reads, x.shape[2:]))
         cut = x * mask_of(reads, tuple(x.shape[2:]), x.device)
         assert rel(layer.apply(cut, layer.weight, layer.bias)[inside], whole[inside]) <= 1e-13
-        if transposed:
-            assert layer.on_box(box, x.shape[2:]) is layer  # computed whole (cheap: upsampling layers)
+        crop = layer.crop(box, x.shape[2:])
+        if transposed or volume(box) > MOST_OF * whole[0, 0].numel():
+            assert crop is None  # transposed: upsampling layers, computed whole
             continue
-        on_box = replace(layer, output_box=box)  # `on_box` itself only for boxes that pay
-        assert on_box.apply(x, layer.weight, layer.bias).shape == whole.shape
-        assert rel(on_box.apply(x, layer.weight, layer.bias)[inside], whole[inside]) <= 1e-13
-        assert rel(on_box.apply(x, layer.weight)[inside], layer.apply(x, layer.weight)[inside]) <= 1e-13
-        small = layer.on_box(box, x.shape[2:])
-        assert (small is layer) == (volume(box) > MOST_OF * whole[0, 0].numel())
-
-
-def test_conv_on_a_box_that_reads_only_padding():
-    """An output box whose inputs all lie in a padding wider than the kernel: bias alone."""
-    layer = replace(conv(1, k=1, p=3, bias=True), output_box=((0, 2),))
-    x = torch.randn(1, 4, 10, dtype=F64, generator=gen(21))
-    whole = conv(1, k=1, p=3, bias=True).apply(x, layer.weight, layer.bias)
-    assert torch.equal(layer.apply(x, layer.weight, layer.bias)[..., :2], whole[..., :2])
+        if crop.reads_padding_only:
+            assert torch.equal(whole[inside], layer.bias.view((1, -1) + (1,) * n).expand_as(whole[inside]))
+            continue
+        assert crop.input(x).shape == crop.input_shape(x.shape)
+        assert rel(crop.layer.apply(crop.input(x), layer.weight, layer.bias), whole[inside]) <= 1e-13
 
 
 def box_nets():

@@ -3,7 +3,7 @@
 The engine computes in float32 (float64 for references) and refuses half precision. This script
 measures the alternative it does not ship: inside this process only, `bfloat16_convolutions()`
 patches `LinearLayer.apply` (convolutions without bias on float32 input: the passes, not the
-forward and denominator convolutions with bias) and `LinearLayer._conv_adjoint` so that each
+forward and denominator convolutions with bias) and `LinearLayer.adjoint` so that each
 convolution runs on bfloat16 copies of its input and weight and returns float32.
 
 For each composite: best-of-``--repeat`` times (after one warm-up round, interleaved round by
@@ -43,23 +43,23 @@ PRECISIONS = ("float32", "bfloat16")
 def bfloat16_convolutions():
     """Convolutions of the passes on bfloat16 copies of input and weight, results back in float32;
     the original methods are restored on exit."""
-    apply, conv_adjoint = LinearLayer.apply, LinearLayer._conv_adjoint
+    apply, adjoint = LinearLayer.apply, LinearLayer.adjoint
 
     def apply_bf16(self, x, weight, bias=None):
         if self.kind != "conv" or bias is not None or x.dtype != torch.float32:
             return apply(self, x, weight, bias)
         return apply(self, x.bfloat16(), weight.bfloat16()).float()
 
-    def conv_adjoint_bf16(self, s, weight, shape, padding):
-        if s.dtype != torch.float32:
-            return conv_adjoint(self, s, weight, shape, padding)
-        return conv_adjoint(self, s.bfloat16(), weight.bfloat16(), shape, padding).float()
+    def adjoint_bf16(self, s, weight, input_shape):
+        if self.kind != "conv" or s.dtype != torch.float32:
+            return adjoint(self, s, weight, input_shape)
+        return adjoint(self, s.bfloat16(), weight.bfloat16(), input_shape).float()
 
-    LinearLayer.apply, LinearLayer._conv_adjoint = apply_bf16, conv_adjoint_bf16
+    LinearLayer.apply, LinearLayer.adjoint = apply_bf16, adjoint_bf16
     try:
         yield
     finally:
-        LinearLayer.apply, LinearLayer._conv_adjoint = apply, conv_adjoint
+        LinearLayer.apply, LinearLayer.adjoint = apply, adjoint
 
 
 def precision(name):

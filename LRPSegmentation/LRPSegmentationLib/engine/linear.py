@@ -3,6 +3,9 @@
 Every LRP rule evaluates the layer's linear map with *modified* weights (W⁺, W⁻, W + γW⁺, ones, W²)
 and its adjoint Aᵀ. `LinearLayer` gives one interface for convolutions (plain or transposed, any
 dimension), dense layers and per-channel affine maps (a normalization that could not be folded).
+
+`Crop` restricts a plain convolution to a box of its output: the passes near a painted region need
+a small part of the last layers' tensors only (`nodes.LayerNode`).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .support import Box, bounding_box, is_small, slices
+from .support import Box, is_small
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,9 @@ class LinearLayer:
     transposed: bool = False
     output_padding: tuple[int, ...] = ()
     groups: int = 1
-    #: Set by `on_box` only: `apply` computes this box of the output (see there).
-    output_box: Box | None = None
 
     def apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """A' x + b' for modified parameters ``weight``/``bias`` (same shapes as the layer's)."""
-        if self.output_box is not None:
-            return self._apply_on_box(x, weight, bias)
         if self.kind == "conv":
             return torch.ops.aten.convolution(x, weight, bias, list(self.stride), list(self.padding),
                                               list(self.dilation), self.transposed,
@@ -96,36 +95,23 @@ class LinearLayer:
             result.append((low, high))
         return tuple(result)
 
-    def on_box(self, box: Box | None, input_spatial: Sequence[int]) -> "LinearLayer":
-        """This layer with `apply` computing only ``box`` of its output, zeros elsewhere: for a
-        transposed pass whose later layers read no more of it (`Graph.transpose`'s ``output_box``).
-        Itself where that does not pay (a box of most of the output) or for other than plain
-        (not transposed) convolutions."""
-        if self.kind != "conv" or self.transposed or box is None or len(box) != len(self.stride):
-            return self
-        return replace(self, output_box=box) if is_small(box, self.output_spatial(input_spatial)) else self
-
-    def _apply_on_box(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """`apply` on ``output_box`` only: the input crop it reads, zero-padded where it passes the
-        border (the layer's own padding), convolved without padding; the same sums."""
-        box, spatial = self.output_box, x.dim() - 2
-        out = x.new_zeros((x.shape[0], weight.shape[0]) + self.output_spatial(x.shape[2:]))
-        crop, pads = [], []
-        for (a, b), s, p, d, k, n in zip(box, self.stride, self.padding, self.dilation, weight.shape[2:], x.shape[2:]):
-            start, stop = a * s - p, (b - 1) * s - p + d * (k - 1) + 1
+    def crop(self, box: Box | None, input_spatial: Sequence[int]) -> "Crop | None":
+        """This layer restricted to ``box`` of its output (`Crop`), for a plain convolution (not
+        transposed, any stride) whose box is small (`support.is_small`); None otherwise (then the
+        whole tensors are used)."""
+        if (self.kind != "conv" or self.transposed or box is None or len(box) != len(self.stride)
+                or not is_small(box, self.output_spatial(input_spatial))):
+            return None
+        read, pads = [], []
+        for (a, b), s, p, d, k, n in zip(box, self.stride, self.padding, self.dilation, self.weight.shape[2:],
+                                         input_spatial):
+            start, stop = a * s - p, (b - 1) * s - p + d * (k - 1) + 1  # what the box reads, padding included
             low, high = max(start, 0), min(stop, n)
-            if low >= high:  # the box reads only padding: zeros (plus the bias)
-                if bias is not None:
-                    out[slices(box)] = bias.view((1, -1) + (1,) * spatial)
-                return out
-            crop.append(slice(low, high))
+            if low >= high:  # it reads padding only
+                low = high = min(max(start, 0), n)
+            read.append(slice(low, high))
             pads.append((low - start, stop - high))
-        piece = x[(slice(None), slice(None), *crop)]
-        if any(before or after for before, after in pads):
-            piece = F.pad(piece, [n for pair in reversed(pads) for n in pair])
-        out[slices(box)] = torch.ops.aten.convolution(piece, weight, bias, list(self.stride), [0] * spatial,
-                                                      list(self.dilation), False, [0] * spatial, self.groups)
-        return out
+        return Crop(replace(self, padding=(0,) * len(box)), tuple(read), tuple(pads), tuple(slice(a, b) for a, b in box))
 
     def shape_bias(self, bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """A bias (out,) shaped to broadcast against this layer's output ``like``."""
@@ -136,56 +122,17 @@ class LinearLayer:
     def adjoint(self, s: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
         """A'ᵀ s: the transpose of the modified map, giving a tensor of the layer input's shape.
 
-        ``input_shape`` is the shape for batch 1; the batch of ``s`` is kept. A stride-1 convolution
-        runs on the bounding box of s's nonzero values only (`_adjoint_on_support`).
+        ``input_shape`` is the shape for batch 1; the batch of ``s`` is kept.
         """
         if self.kind == "conv":
             shape = (s.shape[0],) + tuple(input_shape[1:])
-            on_support = self._adjoint_on_support(s, weight, shape)
-            if on_support is not None:
-                return on_support
-            return self._conv_adjoint(s, weight, shape, self.padding)
+            probe = s.new_empty(1).expand(shape)  # only its shape is read
+            return torch.ops.aten.convolution_backward(
+                s, probe, weight, None, list(self.stride), list(self.padding), list(self.dilation),
+                self.transposed, list(self.output_padding), self.groups, [True, False, False])[0]
         if self.kind == "dense":
             return s @ weight
         return s * weight.view((1, -1) + (1,) * (s.dim() - 2))
-
-    def _conv_adjoint(self, s: torch.Tensor, weight: torch.Tensor, shape: tuple[int, ...],
-                      padding: tuple[int, ...]) -> torch.Tensor:
-        probe = s.new_empty(1).expand(shape)  # only its shape is read
-        return torch.ops.aten.convolution_backward(
-            s, probe, weight, None, list(self.stride), list(padding), list(self.dilation),
-            self.transposed, list(self.output_padding), self.groups, [True, False, False])[0]
-
-    def _adjoint_on_support(self, s: torch.Tensor, weight: torch.Tensor, shape: tuple[int, ...]
-                            ) -> torch.Tensor | None:
-        """The adjoint of a stride-1 convolution computed on the bounding box of s's nonzero values
-        only (relevance started from a painted region stays local through the last layers of a
-        decoder): the same numbers, placed into zeros. None when the box is more than half of s, or
-        for strided and transposed convolutions (then the whole s is used)."""
-        spatial = s.dim() - 2
-        if self.transposed or spatial < 1 or any(st != 1 for st in self.stride):
-            return None
-        box = bounding_box(s.ne(0).flatten(0, 1).any(0))  # support over batch and channels
-        if box is None:
-            return s.new_zeros(shape)
-        if not is_small(box, s.shape[2:]):
-            return None
-        out = s.new_zeros(shape)
-        # With padding 0, an input crop that starts at a - p and is (b - a) + dilation·(k - 1) long
-        # has exactly the output crop [a, b): its adjoint is the input relevance there.
-        crop_in, crop_out, place, lengths = [], [], [], []
-        for (a, b), p, d, k, n in zip(box, self.padding, self.dilation, weight.shape[2:], shape[2:]):
-            start, length = a - p, (b - a) + d * (k - 1)
-            low = max(start, 0)
-            high = max(min(start + length, n), low)  # the rest lies in the zero padding (maybe all of it)
-            crop_out.append(slice(a, b))
-            crop_in.append(slice(low - start, high - start))
-            place.append(slice(low, high))
-            lengths.append(length)
-        s_crop = s[(slice(None), slice(None), *crop_out)]
-        local = self._conv_adjoint(s_crop, weight, shape[:2] + tuple(lengths), (0,) * spatial)
-        out[(slice(None), slice(None), *place)] = local[(slice(None), slice(None), *crop_in)]
-        return out
 
     def scaled(self, scale: torch.Tensor, shift: torch.Tensor) -> "LinearLayer":
         """This layer followed by the per-output-channel affine map y ↦ scale·y + shift."""
@@ -197,3 +144,51 @@ class LinearLayer:
             weight = self.weight * scale.view((-1,) + (1,) * (self.weight.dim() - 1))
         bias = shift if self.bias is None else self.bias * scale + shift
         return replace(self, weight=weight, bias=bias)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A plain convolution on a box of its output. ``layer`` is the convolution without padding;
+    `input` cuts a tensor shaped like the layer's input to the part the box reads and zero-pads it
+    where the box reaches into the layer's padding, so that ``layer`` maps it to exactly the output
+    box (`output` cuts tensors shaped like the output). The adjoint of ``layer`` maps back to the
+    padded part; `unpad` drops the padding, and `input_index` places the rest.
+
+    Shapes: any (N, C, *spatial) with the layer's input or output spatial shape.
+    """
+
+    layer: LinearLayer
+    read: tuple[slice, ...]        # the input's part the box reads, inside the tensor
+    pads: tuple[tuple[int, int], ...]  # zeros before and after it per axis (the layer's padding)
+    box: tuple[slice, ...]         # the output box
+
+    @property
+    def reads_padding_only(self) -> bool:
+        return any(r.start == r.stop for r in self.read)
+
+    @property
+    def input_index(self) -> tuple[slice, ...]:
+        return (slice(None), slice(None)) + self.read
+
+    @property
+    def output_index(self) -> tuple[slice, ...]:
+        return (slice(None), slice(None)) + self.box
+
+    def input(self, t: torch.Tensor) -> torch.Tensor:
+        part = t[self.input_index]
+        if any(before or after for before, after in self.pads):
+            part = F.pad(part, [n for pair in reversed(self.pads) for n in pair])
+        return part
+
+    def input_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape `input` gives for a tensor of this shape."""
+        return tuple(shape[:2]) + tuple(r.stop - r.start + before + after
+                                        for r, (before, after) in zip(self.read, self.pads))
+
+    def output(self, t: torch.Tensor) -> torch.Tensor:
+        return t[self.output_index]
+
+    def unpad(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like `input`'s result without its padding (shaped like ``t[input_index]``)."""
+        return t[(slice(None), slice(None)) + tuple(slice(before, size - after) for (before, after), size
+                                                     in zip(self.pads, t.shape[2:]))]

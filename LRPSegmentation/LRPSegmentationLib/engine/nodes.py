@@ -9,14 +9,14 @@ passes such graphs one vector at a time (see ``Graph.folds_batch``).
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from .composites import Composite
-from .linear import LinearLayer
+from .linear import Crop, LinearLayer
 from .rules import stabilize
-from .support import Box
+from .support import Box, bounding_box
 
 Spatial = tuple[int, ...] | None  # a traced value's shape after (N, C); None where it has none
 
@@ -104,18 +104,51 @@ class LayerNode(Node):
         self.input_shape = x.shape
         self.state = self.rule.prepare(self.layer, x, values[index])
 
+    def _local(self, crop: Crop | None) -> Any:
+        """The rule's state cut to ``crop`` (None where the layer or rule is used whole)."""
+        return None if crop is None or crop.reads_padding_only else self.rule.crop(self.state, crop)
+
     def transpose(self, v_in, box: Box | None = None):
-        """``box``: the part of the output the pass needs; convolutions may skip the rest."""
-        layer = self.layer if box is None else self.layer.on_box(box, self.input_shape[2:])
-        return self.rule.transpose(layer, self.state, v_in[0])
+        """``box``: the part of the output the pass needs; a convolution computes only that part
+        (`LinearLayer.crop`), zeros elsewhere."""
+        crop = None if box is None else self.layer.crop(box, self.input_shape[2:])
+        local = self._local(crop)
+        if local is None:
+            if crop is not None and crop.reads_padding_only:
+                return v_in[0].new_zeros(self._output_shape(v_in[0].shape[0]))
+            return self.rule.transpose(self.layer, self.state, v_in[0])
+        part = self.rule.transpose(crop.layer, local, crop.input(v_in[0]))
+        out = part.new_zeros(self._output_shape(part.shape[0]))
+        out[crop.output_index] = part
+        return out
+
+    def relevance(self, r):
+        """A convolution's relevance from a region stays local through the last layers: the rule
+        runs on the bounding box of r's nonzero values (`LinearLayer.crop`), the same numbers."""
+        crop = None
+        if self.layer.kind == "conv" and not self.layer.transposed:
+            box = bounding_box(r.ne(0).flatten(0, 1).any(0))  # support over the batch and channels
+            if box is None:
+                return [r.new_zeros((r.shape[0],) + tuple(self.input_shape[1:]))]
+            crop = self.layer.crop(box, self.input_shape[2:])
+        local = self._local(crop)
+        if local is None:
+            if crop is not None and crop.reads_padding_only:
+                return [r.new_zeros((r.shape[0],) + tuple(self.input_shape[1:]))]
+            return [self.rule.relevance(self.layer, self.state, r)]
+        part = self.rule.relevance(crop.layer, local, crop.output(r))
+        out = part.new_zeros((r.shape[0],) + tuple(self.input_shape[1:]))
+        out[crop.input_index] = crop.unpad(part)
+        return [out]
+
+    def _output_shape(self, batch: int) -> tuple[int, ...]:
+        """A plain convolution's output shape for ``batch`` vectors."""
+        return (batch, self.layer.weight.shape[0]) + self.layer.output_spatial(self.input_shape[2:])
 
     def input_boxes(self, box, inputs, output):
         if self.layer.kind == "channel":
             return _same_box(box, inputs, output)
         return [None if inputs[0] is None else self.layer.input_box(box, inputs[0])]
-
-    def relevance(self, r):
-        return [self.rule.relevance(self.layer, self.state, r)]
 
     def transpose_channels(self, v: torch.Tensor, channels) -> torch.Tensor | None:
         """`Rule.transpose_channels` of this layer: rows v ⊙ 1_c of its input, c in ``channels``."""

@@ -11,7 +11,9 @@ A rule therefore implements three things:
 - ``prepare(layer, x, z)``: after the forward pass (x: layer input, z = A x + b), keep what the
   backward needs, in as few tensors as possible;
 - ``relevance(layer, state, r)``: map output relevance r to input relevance;
-- ``transpose(layer, state, v)``: the transpose of ``relevance``, used for v = Lᵀ1.
+- ``transpose(layer, state, v)``: the transpose of ``relevance``, used for v = Lᵀ1;
+- ``crop(state, crop)``: the state on a box of a convolution's output (`linear.Crop`), so that both
+  passes near a painted region run on the part of the tensors they need.
 
 Batch dimensions: x and z have batch 1; r and v may have any batch B (broadcast against x).
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .linear import LinearLayer
+from .linear import Crop, LinearLayer
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -65,6 +67,12 @@ class Rule(abc.ABC):
     def transpose(self, layer: LinearLayer, state: Any, v: torch.Tensor) -> torch.Tensor:
         """The transpose of `relevance`: carries v from the layer input to its output."""
 
+    def crop(self, state: Any, crop: Crop) -> Any:
+        """The state for ``crop.layer`` on the input part ``crop.input`` and the output box: tensors
+        shaped like the layer input through ``crop.input``, like its output through ``crop.output``.
+        None: the rule has no cropped form (the whole tensors are used)."""
+        return None
+
     def transpose_channels(self, layer: LinearLayer, state: Any, v: torch.Tensor,
                            channels: Sequence[int]) -> torch.Tensor | None:
         """`transpose` of the batch whose row j is v ⊙ 1_c, c = channels[j] (input channel c alone;
@@ -85,6 +93,10 @@ class Epsilon(Rule):
 
     def prepare(self, layer, x, z):
         return x, _inverse_stabilized(z, self.epsilon)
+
+    def crop(self, state, crop):
+        x, inv_d = state
+        return crop.input(x), crop.output(inv_d)
 
     def relevance(self, layer, state, r):
         x, inv_d = state
@@ -112,6 +124,10 @@ class ZPlus(Rule):
         d = layer.apply(_pos(x), w_pos, _pos(layer.bias)) + layer.apply(_neg(x), w_neg)
         return x, _inverse_stabilized(d, self.stabilizer)
 
+    def crop(self, state, crop):
+        x, inv_d = state
+        return crop.input(x), crop.output(inv_d)
+
     def relevance(self, layer, state, r):
         x, inv_d = state
         s = r * inv_d
@@ -138,6 +154,10 @@ class AlphaBeta(Rule):
         d_pos = layer.apply(x_pos, w_pos, _pos(layer.bias)) + layer.apply(x_neg, w_neg)
         d_neg = layer.apply(x_pos, w_neg, _neg(layer.bias)) + layer.apply(x_neg, w_pos)
         return x, _inverse_stabilized(d_pos, self.stabilizer), _inverse_stabilized(d_neg, self.stabilizer)
+
+    def crop(self, state, crop):
+        x, inv_pos, inv_neg = state
+        return crop.input(x), crop.output(inv_pos), crop.output(inv_neg)
 
     def relevance(self, layer, state, r):
         x, inv_pos, inv_neg = state
@@ -211,6 +231,10 @@ class Gamma(Rule):
         weights = self._boosted(w) if signed is None else (_pos(w), self._on_channels(layer, w, signed))
         return x, inv_d, positive, signed, weights
 
+    def crop(self, state, crop):
+        x, inv_d, positive, signed, weights = state
+        return crop.input(x), crop.output(inv_d), crop.output(positive), signed, weights
+
     def _boosted(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """G⁺ = W + γW⁺ and G⁻ = W + γW⁻ (weights: cheap next to a convolution at full resolution)."""
         return torch.add(w, _pos(w), alpha=self.gamma), torch.add(w, _neg(w), alpha=self.gamma)
@@ -220,24 +244,29 @@ class Gamma(Rule):
         w, gamma = layer.weight, self.gamma
         s = r * inv_d  # inv_d is 0 where z = 0, so s = s⁺ + s⁻
         s_pos = s * positive
+        s_neg = s.sub_(s_pos)
+        # A layer followed by a ReLU gets relevance at its outputs z > 0 only: then s⁻ = 0 and its
+        # products are skipped (a check costs far less than a convolution).
+        negative = bool(s_neg.any())
         if signed is None:  # x ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻)
             g_pos, g_neg = weights
             out = layer.adjoint(s_pos, g_pos, x.shape)
-            out += layer.adjoint(s.sub_(s_pos), g_neg, x.shape)  # s becomes s⁻
+            if negative:
+                out += layer.adjoint(s_neg, g_neg, x.shape)
             return out.mul_(x)
         # x⁺ ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻) + x⁻ ⊙ (G⁻ᵀs⁺ + G⁺ᵀs⁻) = Wᵀs ⊙ (x + γx⁻) + γ|x| ⊙ A with
         # A = W⁺ᵀs⁺ + W⁻ᵀs⁻ = W⁺ᵀ(s⁺ − s⁻) + Wᵀs⁻. Where x ≥ 0 this is x ⊙ (u + γV) with
         # u = Wᵀ(s + γs⁻) and V = W⁺ᵀ(s⁺ − s⁻); on the signed channels Wᵀs = u − γc, A = V + c
         # with c = Wᵀs⁻ computed for those channels only.
         w_pos, w_signed = weights
-        s_neg = s.sub_(s_pos)
-        u = layer.adjoint(torch.add(s_pos, s_neg, alpha=1.0 + gamma), w, x.shape)
-        v = layer.adjoint(s_pos.sub_(s_neg), w_pos, x.shape)  # s_pos becomes s⁺ − s⁻
+        u = layer.adjoint(torch.add(s_pos, s_neg, alpha=1.0 + gamma) if negative else s_pos, w, x.shape)
+        v = layer.adjoint(s_pos.sub_(s_neg) if negative else s_pos, w_pos, x.shape)  # W⁺ᵀ(s⁺ − s⁻)
         x_signed = x[:, signed]
         shape = (x.shape[0], x_signed.shape[1]) + tuple(x.shape[2:])
-        c = layer.adjoint(s_neg, w_signed, shape)
-        on_signed = (u[:, signed] - gamma * c).mul_(_neg(x_signed).mul_(gamma).add_(x_signed))
-        on_signed.addcmul_(x_signed.abs(), v[:, signed] + c, value=gamma)
+        c = layer.adjoint(s_neg, w_signed, shape) if negative else None
+        on_signed = u[:, signed] if c is None else u[:, signed] - gamma * c
+        on_signed = on_signed.mul_(_neg(x_signed).mul_(gamma).add_(x_signed))
+        on_signed.addcmul_(x_signed.abs(), v[:, signed] if c is None else v[:, signed] + c, value=gamma)
         if isinstance(signed, slice):  # every channel is signed
             return on_signed
         out = u.add_(v, alpha=gamma).mul_(x)
@@ -285,6 +314,10 @@ class ZBox(Rule):
         d = layer.apply(shifted, layer.weight).add_(layer.apply(spread.expand_as(x), _pos(layer.weight)))
         return shifted, spread, _inverse_stabilized(d, self.stabilizer)
 
+    def crop(self, state, crop):
+        shifted, spread, inv_d = state  # spread: a bound per channel (broadcasts), not a tensor of voxels
+        return crop.input(shifted), spread, crop.output(inv_d)
+
     def relevance(self, layer, state, r):
         shifted, spread, inv_d = state
         s = r * inv_d
@@ -321,6 +354,10 @@ class Flat(Rule):
         ones = torch.ones_like(layer.weight)
         return ones, x.shape, _inverse_stabilized(layer.apply(torch.ones_like(x), ones), self.stabilizer)
 
+    def crop(self, state, crop):
+        ones, shape, inv_d = state
+        return ones, crop.input_shape(shape), crop.output(inv_d)
+
     def relevance(self, layer, state, r):
         ones, shape, inv_d = state
         return layer.adjoint(r * inv_d, ones, shape)
@@ -344,6 +381,10 @@ class WSquare(Rule):
         bias = None if layer.bias is None else layer.bias ** 2
         d = layer.apply(torch.ones_like(x), squared, bias)
         return squared, x.shape, _inverse_stabilized(d, self.stabilizer)
+
+    def crop(self, state, crop):
+        squared, shape, inv_d = state
+        return squared, crop.input_shape(shape), crop.output(inv_d)
 
     def relevance(self, layer, state, r):
         squared, shape, inv_d = state
