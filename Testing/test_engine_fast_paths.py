@@ -376,3 +376,62 @@ def test_graph_transpose_on_an_output_box_equals_the_whole_pass_there(composite)
                 assert any(b is not None and b != box for b in needed.values())
             part = graph.transpose(ones, output_box=box)
             assert rel(part[slices(box)], whole[slices(box)]) <= 1e-12, (name, box)
+
+
+# --------------------------------------------------------------------------------------------
+# Where the passes read a layer's output (Graph.reads): γ skips G⁻ before a ReLU
+# --------------------------------------------------------------------------------------------
+class ActivationNet(torch.nn.Module):
+    """conv → ReLU → conv (γ, input ≥ 0) → activation → conv (γ) → head."""
+
+    def __init__(self, activation: torch.nn.Module) -> None:
+        super().__init__()
+        self.first, self.relu = torch.nn.Conv3d(3, 4, 3, padding=1), torch.nn.ReLU()
+        self.middle, self.act = torch.nn.Conv3d(4, 4, 3, padding=1), activation
+        self.last, self.head = torch.nn.Conv3d(4, 4, 3, padding=1), torch.nn.Conv3d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.last(self.act(self.middle(self.relu(self.first(x))))))
+
+
+def reads_of_layers(graph) -> dict[str, str]:
+    reads = graph.reads()
+    return {graph.nodes[i].name.split(":")[0]: reads[i] for i in graph.live if isinstance(graph.nodes[i], LayerNode)}
+
+
+@pytest.mark.parametrize("activation,middle", [(torch.nn.ReLU(), "positive"), (torch.nn.LeakyReLU(0.1), "nonzero"),
+                                               (torch.nn.PReLU(4, init=-0.5), "nonzero"), (torch.nn.ELU(), "nonzero"),
+                                               (torch.nn.Identity(), "nonzero")], ids=repr)
+def test_reads_where_positive_only_before_a_relu(activation, middle):
+    """A layer is read where its output is > 0 only when a ReLU follows (a PReLU with a negative
+    slope maps x < 0 to positive values: not so), and γ then keeps no G⁻; the explanation equals
+    the per-voxel definition either way (its transposed pass drops such layers' z ≤ 0 outputs)."""
+    torch.manual_seed(3)
+    model = ActivationNet(activation).double().eval()
+    x = torch.randn(1, 3, 6, 6, 6, dtype=F64, generator=gen(30))
+    graph = prepare_graph(model, x, "epsilon_gamma_box")
+    assert reads_of_layers(graph) == {"first": "positive", "middle": middle, "last": "nonzero", "head": "all"}
+    state = [n for n in graph.layers if n.name.startswith("middle")][0].state
+    assert state[3] is None and (state[4][1] is None) == (middle == "positive")  # G⁻ kept unless unread
+    region = torch.zeros(6, 6, 6, dtype=torch.bool)
+    region[1:4, 2:5, 0:3] = True
+    result = explain_region(model, x, region, 1, "epsilon_gamma_box", device="cpu")
+    reference, used = per_voxel_reference(model, x, region, 1, "epsilon_gamma_box")
+    assert result.n_used == used and rel(result.relevance, reference) <= 1e-10
+
+
+def test_dropping_unread_outputs_changes_no_number(unet_input, monkeypatch):
+    """The U-Net's passes with γ's unread outputs dropped equal those with every output computed:
+    Lᵀ1 at the output and relevance at the input, in float64."""
+    from LRPSegmentationLib.engine.rules import Gamma
+    model, x = unet_input
+    graph = prepare_graph(model, x, "epsilon_gamma_box")
+    reads = reads_of_layers(graph)
+    assert reads["encoders.0.3"] == reads["decoders.0.0"] == "positive" and reads["head"] == "all"
+    assert reads["upsamplers.0"] == "nonzero"
+    monkeypatch.setattr(Gamma, "read_where_positive", lambda self, state: state)
+    whole = prepare_graph(model, x, "epsilon_gamma_box")
+    ones = torch.ones_like(x)
+    assert rel(graph.transpose(ones), whole.transpose(ones)) <= 1e-12
+    r = torch.randn(graph.logits.shape, dtype=F64, generator=gen(31))
+    assert rel(graph.relevance(r.clone()), whole.relevance(r.clone())) <= 1e-12

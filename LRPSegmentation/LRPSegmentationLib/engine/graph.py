@@ -39,8 +39,8 @@ from torch.overrides import TorchFunctionMode
 from .composites import Composite
 from .linear import LinearLayer
 from .modern import GATES, ModernOps
-from .nodes import (AdjointNode, CatNode, InputNode, LayerNode, MaxPoolNode, Node, NormNode, PassNode, SumNode,
-                    UnsupportedOperationError)
+from .nodes import (READS, AdjointNode, CatNode, InputNode, LayerNode, MaxPoolNode, Node, NormNode, PassNode,
+                    SumNode, UnsupportedOperationError)
 from .support import Box, union
 
 
@@ -130,6 +130,7 @@ _AVGPOOL = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.a
 _ACTIVATIONS = {F.gelu, F.silu,  # identity-gated (Ali et al. 2022)
                 F.relu, torch.relu, torch.Tensor.relu, F.relu_, torch.relu_, torch.Tensor.relu_, F.leaky_relu,
                 F.leaky_relu_, torch.prelu, F.prelu, F.elu, F.elu_, F.rrelu}
+_RELU = {F.relu, torch.relu, torch.Tensor.relu, F.relu_, torch.relu_, torch.Tensor.relu_}
 _DROPOUT = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 _IDENTITY = {torch.Tensor.contiguous, torch.Tensor.clone, torch.clone, torch.Tensor.to, torch.Tensor.float,
              torch.Tensor.double, torch.Tensor.type_as, torch.Tensor.detach, torch.detach}
@@ -428,7 +429,8 @@ class _Tracer(ModernOps, TorchFunctionMode):
             self._constant(args[1] if len(args) > 1 else kwargs["weight"], "a PReLU weight")
         out = func(*args, **kwargs)
         index = self.index_of(x)
-        out = self.add(PassNode((index,), f"{self.where}: {name}"), out)
+        activation = "relu" if func in _RELU else "other" if func in _ACTIVATIONS else None
+        out = self.add(PassNode((index,), f"{self.where}: {name}", activation), out)
         if func not in _ACTIVATIONS:  # dropout in eval, copies, casts
             self._note_pass_through(index, out)
         return out
@@ -604,7 +606,24 @@ class Graph:
                 if last_read.get(i, index) <= index:
                     values[i] = None
         self._values = None
+        for index, where in self.reads().items():
+            node = self.nodes[index]
+            if where == "positive" and isinstance(node, LayerNode):
+                node.state = node.rule.read_where_positive(node.state)
         return self
+
+    def reads(self) -> dict[int, str]:
+        """Where the passes read each live node's v, and send it relevance (`nodes.READS`): the
+        output everywhere; an input where its consumers read it (`Node.input_reads`), the widest
+        over consumers. E.g. a convolution followed by a ReLU and layers whose rules gate their
+        input is read where its output is > 0 only. Needs the rules (after `prepare`)."""
+        reads = {self.output: "all"}
+        for index in reversed(self.live[1:]):
+            node = self.nodes[index]
+            need = node.input_reads(reads.get(index, "all"))
+            for i in node.inputs:
+                reads[i] = need if i not in reads else max(reads[i], need, key=READS.index)
+        return reads
 
     def nbytes(self) -> int:
         """Bytes held by this graph's tensors (rule states, folded weights, logits; each storage

@@ -20,6 +20,9 @@ from .support import Box, bounding_box
 
 Spatial = tuple[int, ...] | None  # a traced value's shape after (N, C); None where it has none
 
+#: Where a pass reads a value's v, from narrowest to widest (`Node.input_reads`, `Graph.reads`).
+READS = ("positive", "nonzero", "all")
+
 
 def _same_box(box: Box, inputs: list[Spatial], output: Spatial) -> list[Box | None]:
     """Input boxes of a node that works voxel by voxel: the output's box for each input of the
@@ -63,6 +66,12 @@ class Node(abc.ABC):
         """For each input, the box of it that `transpose`'s output on ``box`` depends on (None: all
         of it, the safe answer for any operation). ``inputs``/``output``: the traced spatial shapes."""
         return [None] * len(self.inputs)
+
+    def input_reads(self, reads_output: str) -> str:
+        """Where this node reads its inputs' v (and sends them relevance), given where its own v is
+        read (`READS`): "positive" where the input's forward value is > 0, "nonzero" where it is
+        not 0, "all" (the safe answer for any operation)."""
+        return "all"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, inputs={self.inputs})"
@@ -150,6 +159,9 @@ class LayerNode(Node):
             return _same_box(box, inputs, output)
         return [None if inputs[0] is None else self.layer.input_box(box, inputs[0])]
 
+    def input_reads(self, reads_output):
+        return "nonzero" if self.rule is not None and self.rule.gates_input else "all"
+
     def transpose_channels(self, v: torch.Tensor, channels) -> torch.Tensor | None:
         """`Rule.transpose_channels` of this layer: rows v ⊙ 1_c of its input, c in ``channels``."""
         return self.rule.transpose_channels(self.layer, self.state, v, channels)
@@ -160,7 +172,12 @@ class LayerNode(Node):
 
 class PassNode(Node):
     """Element-wise activations, dropout in eval, copies: relevance passes unchanged (Zennit's
-    ``Pass``)."""
+    ``Pass``). ``activation``: "relu" (output max(x, 0)), "other" (an activation f with f(0) = 0,
+    sign kept only for some) or None (the output is the input, or a gate > 0 times it)."""
+
+    def __init__(self, inputs, name, activation: str | None = None) -> None:
+        super().__init__(inputs, name)
+        self.activation = activation
 
     def transpose(self, v_in):
         return v_in[0]
@@ -170,6 +187,13 @@ class PassNode(Node):
 
     def input_boxes(self, box, inputs, output):
         return _same_box(box, inputs, output)
+
+    def input_reads(self, reads_output):
+        if self.activation == "relu":  # relu(x) is not 0 exactly where x > 0
+            return "positive" if reads_output != "all" else "all"
+        if self.activation == "other":  # f(x) ≠ 0 where x ≠ 0, but f(x) > 0 may hold for x < 0 (PReLU)
+            return "nonzero" if reads_output == "positive" else reads_output
+        return reads_output
 
 
 def _per_sample(fn: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor, n0: int = 1) -> torch.Tensor:
@@ -230,6 +254,9 @@ class NormNode(Node):
     def relevance(self, r):
         return [self.x * _adjoint(self.fn, self.input_shape, r * self.inv_d, self.output_batch)]
 
+    def input_reads(self, reads_output):
+        return "nonzero"  # v and relevance meet the input as x ⊙ (...)
+
 
 def _sum_to(r: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Relevance of a term that was broadcast (dims of size 1 in its traced ``shape``, dim 0 aside)
@@ -265,6 +292,9 @@ class SumNode(Node):
     def input_boxes(self, box, inputs, output):
         return _same_box(box, inputs, output)
 
+    def input_reads(self, reads_output):
+        return "nonzero"  # each term meets v and relevance as c_k x_k ⊙ (...)
+
 
 class CatNode(Node):
     """Concatenation (U-Net skips): relevance is split back to the pieces. ``sizes`` has one entry
@@ -292,6 +322,9 @@ class CatNode(Node):
     def input_boxes(self, box, inputs, output):
         return _same_box(box, inputs, output) if self.dim == 1 else [None] * len(self.inputs)
 
+    def input_reads(self, reads_output):
+        return reads_output  # each piece's values are the output's there
+
 
 class MaxPoolNode(Node):
     """Max pooling routes relevance to the winning input (the gradient; Zennit's default)."""
@@ -311,4 +344,7 @@ class MaxPoolNode(Node):
         out = r.new_zeros(shape).flatten(2)
         idx = self.indices.flatten(2).expand(r.shape[0], -1, -1)
         return [out.scatter_add_(2, idx, r.flatten(2)).view(shape)]
+
+    def input_reads(self, reads_output):
+        return reads_output  # the winners' values are the output's; the others are not read
 

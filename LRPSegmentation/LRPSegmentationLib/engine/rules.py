@@ -54,6 +54,9 @@ class Rule(abc.ABC):
     at the first layer they spread relevance uniformly over the input sequences."""
 
     input_aware = True
+    #: Whether both passes meet the layer input x only as (a factor that is 0 where x = 0) ⊙ v or
+    #: ⊙ (...): the layer then reads v only where x ≠ 0 (`nodes.Node.input_reads`).
+    gates_input = True
 
     @abc.abstractmethod
     def prepare(self, layer: LinearLayer, x: torch.Tensor, z: torch.Tensor) -> Any:
@@ -72,6 +75,11 @@ class Rule(abc.ABC):
         shaped like the layer input through ``crop.input``, like its output through ``crop.output``.
         None: the rule has no cropped form (the whole tensors are used)."""
         return None
+
+    def read_where_positive(self, state: Any) -> Any:
+        """The state for a layer whose outputs the passes read only where z > 0 (a ReLU and rules
+        that gate their input follow: `Graph.reads`): a rule may drop what only z < 0 needs."""
+        return state
 
     def transpose_channels(self, layer: LinearLayer, state: Any, v: torch.Tensor,
                            channels: Sequence[int]) -> torch.Tensor | None:
@@ -235,6 +243,11 @@ class Gamma(Rule):
         x, inv_d, positive, signed, weights = state
         return crop.input(x), crop.output(inv_d), crop.output(positive), signed, weights
 
+    def read_where_positive(self, state):
+        # Without x⁻ terms the outputs z < 0 are G⁻'s alone: not computed, and G⁻ not kept.
+        x, inv_d, positive, signed, weights = state
+        return state if signed is not None else (x, inv_d, positive, signed, (weights[0], None))
+
     def _boosted(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """G⁺ = W + γW⁺ and G⁻ = W + γW⁻ (weights: cheap next to a convolution at full resolution)."""
         return torch.add(w, _pos(w), alpha=self.gamma), torch.add(w, _neg(w), alpha=self.gamma)
@@ -251,8 +264,8 @@ class Gamma(Rule):
         if signed is None:  # x ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻)
             g_pos, g_neg = weights
             out = layer.adjoint(s_pos, g_pos, x.shape)
-            if negative:
-                out += layer.adjoint(s_neg, g_neg, x.shape)
+            if negative:  # G⁻ is None where the graph found z < 0 unread: then this never runs
+                out += layer.adjoint(s_neg, g_neg if g_neg is not None else self._boosted(w)[1], x.shape)
             return out.mul_(x)
         # x⁺ ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻) + x⁻ ⊙ (G⁻ᵀs⁺ + G⁺ᵀs⁻) = Wᵀs ⊙ (x + γx⁻) + γ|x| ⊙ A with
         # A = W⁺ᵀs⁺ + W⁻ᵀs⁻ = W⁺ᵀ(s⁺ − s⁻) + Wᵀs⁻. Where x ≥ 0 this is x ⊙ (u + γV) with
@@ -280,6 +293,8 @@ class Gamma(Rule):
             g_pos, g_neg = weights
             xv = x * v
             out = layer.apply(xv, g_pos)
+            if g_neg is None:  # the outputs z ≤ 0 are not read (`read_where_positive`): zeros there
+                return out.mul_(inv_d).mul_(positive)
             return torch.where(positive, out, layer.apply(xv, g_neg), out=out).mul_(inv_d)
         # W(xv) + γP(xv) where z > 0, W(xv) + γ(W(xv) − P(xv)) where z ≤ 0; P(xv) = W⁺(|x|v) + W(x⁻v).
         w_pos, w_signed = weights
@@ -299,6 +314,8 @@ class ZBox(Rule):
     With W⁻ = W − W⁺ this is (x − high) ⊙ Wᵀs + (high − low) ⊙ W⁺ᵀs, and the denominator is
     W(x − high) + W⁺(high − low) (b − b⁺ − b⁻ = 0): two maps per pass instead of three.
     """
+
+    gates_input = False  # (high − low) ⊙ W⁺ᵀs reaches inputs x = 0 too
 
     def __init__(self, low: float | torch.Tensor, high: float | torch.Tensor, stabilizer: float = 1e-6) -> None:
         self.low, self.high, self.stabilizer = low, high, stabilizer
@@ -345,7 +362,7 @@ class Flat(Rule):
     """LRP-flat: relevance spread uniformly over the receptive field (all weights 1, no bias).
     Blind to the input: at the first layer it spreads relevance equally over the sequences."""
 
-    input_aware = False
+    input_aware = gates_input = False
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = stabilizer
@@ -371,7 +388,7 @@ class WSquare(Rule):
     """LRP-w²: relevance spread by squared weights, ignoring the input values (blind to sequences
     at the first layer, like flat). Zennit squares the bias too; so do we."""
 
-    input_aware = False
+    input_aware = gates_input = False
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = stabilizer
@@ -407,6 +424,8 @@ class Identity(Rule):
     merge (``layer_map_base``: BatchNorm → ``Pass``). Pass ``Composite(affine=Epsilon(...))`` for the
     ε treatment.
     """
+
+    gates_input = False  # relevance and v pass unchanged
 
     def prepare(self, layer, x, z):
         return None
