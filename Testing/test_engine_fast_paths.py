@@ -296,10 +296,23 @@ def test_gamma_equals_zennits_four_term_form_for_every_sign_pattern(signed):
     adj = lambda s, weight: F.conv_transpose3d(s, weight, padding=1)  # noqa: E731
     reference = xp * (adj(s_pos, up) + adj(s_neg, un)) + xn * (adj(s_pos, un) + adj(s_neg, up))
     assert rel(rule.relevance(layer, state, r.clone()), reference) <= 1e-12
-    # Relevance at outputs z > 0 only (a ReLU follows): the s⁻ products are skipped, same numbers.
+    # Relevance at outputs z > 0 only (a ReLU follows): the s⁻ products are skipped, same numbers;
+    # also with the state for outputs read where z > 0 only (`read_where_positive`: G⁺ and G⁻ on
+    # the signed channels), whose transpose is the adjoint there and zero where z ≤ 0.
     on_positive = r * (z > 0)
     reference = xp * adj(on_positive / stabilize(d_pos, 1e-6), up) + xn * adj(on_positive / stabilize(d_pos, 1e-6), un)
-    assert rel(rule.relevance(layer, state, on_positive), reference) <= 1e-12
+    assert rel(rule.relevance(layer, state, on_positive.clone()), reference) <= 1e-12
+    positive_only = rule.read_where_positive(layer, state)
+    assert positive_only[5] and (positive_only[4][1] is None) == (signed == "none")
+    assert rel(rule.relevance(layer, positive_only, on_positive.clone()), reference) <= 1e-12
+    assert rel(rule.relevance(layer, positive_only, r.clone()), rule.relevance(layer, state, r.clone())) <= 1e-12
+    v_random = torch.randn((2,) + tuple(x.shape[1:]), dtype=F64, generator=gen(11))
+    forward = rule.transpose(layer, positive_only, v_random)
+    assert not forward[:, ~(z[0] > 0)].any()
+    backward = rule.relevance(layer, positive_only, on_positive.clone())
+    for row in range(2):
+        lhs, rhs = float((forward[row] * on_positive[row]).sum()), float((v_random[row] * backward[row]).sum())
+        assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), 1.0)
 
     v = torch.randn((2,) + tuple(x.shape[1:]), dtype=F64, generator=gen(10))
     forward = rule.transpose(layer, state, v)
@@ -412,7 +425,8 @@ def test_reads_where_positive_only_before_a_relu(activation, middle):
     graph = prepare_graph(model, x, "epsilon_gamma_box")
     assert reads_of_layers(graph) == {"first": "positive", "middle": middle, "last": "nonzero", "head": "all"}
     state = [n for n in graph.layers if n.name.startswith("middle")][0].state
-    assert state[3] is None and (state[4][1] is None) == (middle == "positive")  # G⁻ kept unless unread
+    assert state[3] is None and state[5] == (middle == "positive")  # read where z > 0 only: no G⁻
+    assert (state[4][1] is None) == (middle == "positive")
     region = torch.zeros(6, 6, 6, dtype=torch.bool)
     region[1:4, 2:5, 0:3] = True
     result = explain_region(model, x, region, 1, "epsilon_gamma_box", device="cpu")
@@ -429,7 +443,7 @@ def test_dropping_unread_outputs_changes_no_number(unet_input, monkeypatch):
     reads = reads_of_layers(graph)
     assert reads["encoders.0.3"] == reads["decoders.0.0"] == "positive" and reads["head"] == "all"
     assert reads["upsamplers.0"] == "nonzero"
-    monkeypatch.setattr(Gamma, "read_where_positive", lambda self, state: state)
+    monkeypatch.setattr(Gamma, "read_where_positive", lambda self, layer, state: state)
     whole = prepare_graph(model, x, "epsilon_gamma_box")
     ones = torch.ones_like(x)
     assert rel(graph.transpose(ones), whole.transpose(ones)) <= 1e-12

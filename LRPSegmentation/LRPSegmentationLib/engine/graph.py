@@ -609,7 +609,7 @@ class Graph:
         for index, where in self.reads().items():
             node = self.nodes[index]
             if where == "positive" and isinstance(node, LayerNode):
-                node.state = node.rule.read_where_positive(node.state)
+                node.state = node.rule.read_where_positive(node.layer, node.state)
         return self
 
     def reads(self) -> dict[int, str]:

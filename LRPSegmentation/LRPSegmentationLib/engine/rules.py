@@ -76,7 +76,7 @@ class Rule(abc.ABC):
         None: the rule has no cropped form (the whole tensors are used)."""
         return None
 
-    def read_where_positive(self, state: Any) -> Any:
+    def read_where_positive(self, layer: LinearLayer, state: Any) -> Any:
         """The state for a layer whose outputs the passes read only where z > 0 (a ReLU and rules
         that gate their input follow: `Graph.reads`): a rule may drop what only z < 0 needs."""
         return state
@@ -237,23 +237,27 @@ class Gamma(Rule):
         # The modified weights every pass uses, made once per traced pass rather than in each pass:
         # for a large network they are several element-wise sweeps over all of its parameters.
         weights = self._boosted(w) if signed is None else (_pos(w), self._on_channels(layer, w, signed))
-        return x, inv_d, positive, signed, weights
+        # The last entry: whether the passes read only the outputs z > 0 (`read_where_positive`).
+        return x, inv_d, positive, signed, weights, False
 
     def crop(self, state, crop):
-        x, inv_d, positive, signed, weights = state
-        return crop.input(x), crop.output(inv_d), crop.output(positive), signed, weights
+        x, inv_d, positive, signed, weights, positive_only = state
+        return crop.input(x), crop.output(inv_d), crop.output(positive), signed, weights, positive_only
 
-    def read_where_positive(self, state):
-        # Without x⁻ terms the outputs z < 0 are G⁻'s alone: not computed, and G⁻ not kept.
-        x, inv_d, positive, signed, weights = state
-        return state if signed is not None else (x, inv_d, positive, signed, (weights[0], None))
+    def read_where_positive(self, layer, state):
+        # Only outputs z > 0 are read: x⁺G⁺ + x⁻G⁻ there, one product with G⁺ and one with G⁻ on
+        # the signed channels only (none for an input ≥ 0); G⁻ is not kept whole.
+        x, inv_d, positive, signed, _, _ = state
+        g_pos, g_neg = self._boosted(layer.weight)
+        g_neg = None if signed is None else self._on_channels(layer, g_neg, signed)
+        return x, inv_d, positive, signed, (g_pos, g_neg), True
 
     def _boosted(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """G⁺ = W + γW⁺ and G⁻ = W + γW⁻ (weights: cheap next to a convolution at full resolution)."""
         return torch.add(w, _pos(w), alpha=self.gamma), torch.add(w, _neg(w), alpha=self.gamma)
 
     def relevance(self, layer, state, r):
-        x, inv_d, positive, signed, weights = state
+        x, inv_d, positive, signed, weights, positive_only = state
         w, gamma = layer.weight, self.gamma
         s = r * inv_d  # inv_d is 0 where z = 0, so s = s⁺ + s⁻
         s_pos = s * positive
@@ -261,12 +265,25 @@ class Gamma(Rule):
         # A layer followed by a ReLU gets relevance at its outputs z > 0 only: then s⁻ = 0 and its
         # products are skipped (a check costs far less than a convolution).
         negative = bool(s_neg.any())
+        if positive_only and negative:  # cannot happen (`Graph.reads`); computed in full if it did
+            weights = self._boosted(w) if signed is None else (_pos(w), self._on_channels(layer, w, signed))
+            positive_only = False
         if signed is None:  # x ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻)
             g_pos, g_neg = weights
             out = layer.adjoint(s_pos, g_pos, x.shape)
-            if negative:  # G⁻ is None where the graph found z < 0 unread: then this never runs
-                out += layer.adjoint(s_neg, g_neg if g_neg is not None else self._boosted(w)[1], x.shape)
+            if negative:
+                out += layer.adjoint(s_neg, g_neg, x.shape)
             return out.mul_(x)
+        x_signed = x[:, signed]
+        shape = (x.shape[0], x_signed.shape[1]) + tuple(x.shape[2:])
+        if positive_only:  # x⁺ ⊙ G⁺ᵀs⁺ + x⁻ ⊙ G⁻ᵀs⁺, the second on the signed channels only
+            g_pos, g_neg_signed = weights
+            out = layer.adjoint(s_pos, g_pos, x.shape).mul_(_pos(x))
+            on_signed = layer.adjoint(s_pos, g_neg_signed, shape).mul_(_neg(x_signed))
+            if isinstance(signed, slice):
+                return out.add_(on_signed)
+            out[:, signed] += on_signed
+            return out
         # x⁺ ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻) + x⁻ ⊙ (G⁻ᵀs⁺ + G⁺ᵀs⁻) = Wᵀs ⊙ (x + γx⁻) + γ|x| ⊙ A with
         # A = W⁺ᵀs⁺ + W⁻ᵀs⁻ = W⁺ᵀ(s⁺ − s⁻) + Wᵀs⁻. Where x ≥ 0 this is x ⊙ (u + γV) with
         # u = Wᵀ(s + γs⁻) and V = W⁺ᵀ(s⁺ − s⁻); on the signed channels Wᵀs = u − γc, A = V + c
@@ -274,8 +291,6 @@ class Gamma(Rule):
         w_pos, w_signed = weights
         u = layer.adjoint(torch.add(s_pos, s_neg, alpha=1.0 + gamma) if negative else s_pos, w, x.shape)
         v = layer.adjoint(s_pos.sub_(s_neg) if negative else s_pos, w_pos, x.shape)  # W⁺ᵀ(s⁺ − s⁻)
-        x_signed = x[:, signed]
-        shape = (x.shape[0], x_signed.shape[1]) + tuple(x.shape[2:])
         c = layer.adjoint(s_neg, w_signed, shape) if negative else None
         on_signed = u[:, signed] if c is None else u[:, signed] - gamma * c
         on_signed = on_signed.mul_(_neg(x_signed).mul_(gamma).add_(x_signed))
@@ -287,14 +302,18 @@ class Gamma(Rule):
         return out
 
     def transpose(self, layer, state, v):
-        x, inv_d, positive, signed, weights = state
+        x, inv_d, positive, signed, weights, positive_only = state
         w, gamma = layer.weight, self.gamma
+        if positive_only:  # G⁺(x⁺v) + G⁻(x⁻v) where z > 0, zeros where z ≤ 0 (not read)
+            g_pos, g_neg_signed = weights
+            out = layer.apply(x * v if signed is None else _pos(x) * v, g_pos)
+            if signed is not None:
+                out += layer.apply(_neg(x[:, signed]) * v[:, signed], g_neg_signed)
+            return out.mul_(inv_d).mul_(positive)
         if signed is None:  # z > 0: G⁺(x v), z < 0: G⁻(x v)
             g_pos, g_neg = weights
             xv = x * v
             out = layer.apply(xv, g_pos)
-            if g_neg is None:  # the outputs z ≤ 0 are not read (`read_where_positive`): zeros there
-                return out.mul_(inv_d).mul_(positive)
             return torch.where(positive, out, layer.apply(xv, g_neg), out=out).mul_(inv_d)
         # W(xv) + γP(xv) where z > 0, W(xv) + γ(W(xv) − P(xv)) where z ≤ 0; P(xv) = W⁺(|x|v) + W(x⁻v).
         w_pos, w_signed = weights
