@@ -25,4 +25,4 @@ timeout 150 python3 bench/bench_engine.py --device cuda --ratios --shape 6 128 1
 timeout 120 python3 bench/bench_precision.py --device cuda --shape 6 128 128 64 --repeat 3 \
   --json "$OUT/gpu_precision_128.json" 2>&1 | tee "$OUT/gpu_precision_128.txt"
 timeout 150 python3 -m pytest -q -p no:cacheprovider Testing/test_engine_exactness.py Testing/test_engine_errors.py \
-  Testing/test_zennit_parity.py Testing/test_sliding.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
+  Testing/test_zennit_parity.py Testing/test_sliding.py Testing/test_traced_forward.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
