@@ -297,15 +297,17 @@ def test_gamma_equals_zennits_four_term_form_for_every_sign_pattern(signed):
     reference = xp * (adj(s_pos, up) + adj(s_neg, un)) + xn * (adj(s_pos, un) + adj(s_neg, up))
     assert rel(rule.relevance(layer, state, r.clone()), reference) <= 1e-12
     # Relevance at outputs z > 0 only (a ReLU follows): the s⁻ products are skipped, same numbers;
-    # also with the state for outputs read where z > 0 only (`read_where_positive`: G⁺ and G⁻ on
-    # the signed channels), whose transpose is the adjoint there and zero where z ≤ 0.
+    # also with the state for outputs read where z > 0 only (`prepare_read_where_positive`: G⁺ and
+    # G⁻ on the signed channels), whose transpose is the adjoint there and zero where z ≤ 0; it
+    # refuses relevance at outputs z ≤ 0 (it has no denominators there) instead of losing it.
     on_positive = r * (z > 0)
     reference = xp * adj(on_positive / stabilize(d_pos, 1e-6), up) + xn * adj(on_positive / stabilize(d_pos, 1e-6), un)
     assert rel(rule.relevance(layer, state, on_positive.clone()), reference) <= 1e-12
-    positive_only = rule.read_where_positive(layer, state)
+    positive_only = rule.prepare_read_where_positive(layer, x, z)
     assert positive_only[5] and (positive_only[4][1] is None) == (signed == "none")
     assert rel(rule.relevance(layer, positive_only, on_positive.clone()), reference) <= 1e-12
-    assert rel(rule.relevance(layer, positive_only, r.clone()), rule.relevance(layer, state, r.clone())) <= 1e-12
+    with pytest.raises(RuntimeError, match="found them unread"):
+        rule.relevance(layer, positive_only, r.clone())
     v_random = torch.randn((2,) + tuple(x.shape[1:]), dtype=F64, generator=gen(11))
     forward = rule.transpose(layer, positive_only, v_random)
     assert not forward[:, ~(z[0] > 0)].any()
@@ -443,7 +445,7 @@ def test_dropping_unread_outputs_changes_no_number(unet_input, monkeypatch):
     reads = reads_of_layers(graph)
     assert reads["encoders.0.3"] == reads["decoders.0.0"] == "positive" and reads["head"] == "all"
     assert reads["upsamplers.0"] == "nonzero"
-    monkeypatch.setattr(Gamma, "read_where_positive", lambda self, layer, state: state)
+    monkeypatch.setattr(Gamma, "prepare_read_where_positive", lambda self, layer, x, z: self.prepare(layer, x, z))
     whole = prepare_graph(model, x, "epsilon_gamma_box")
     ones = torch.ones_like(x)
     assert rel(graph.transpose(ones), whole.transpose(ones)) <= 1e-12

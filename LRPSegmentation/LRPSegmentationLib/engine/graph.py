@@ -592,6 +592,11 @@ class Graph:
             raise RuntimeError("this graph was already prepared; trace the model again for another composite")
         self.composite = composite
         values = self._values
+        for index in self.live:  # the rules first: where each value is read depends on them
+            node = self.nodes[index]
+            if isinstance(node, LayerNode):
+                node.assign_rule(composite)
+        reads = self.reads()
         # Free each forward value right after the last node that reads it: the rules keep only
         # their own state (e.g. 1/denominator), so the peak stays near the forward pass's.
         last_read = {}
@@ -601,22 +606,20 @@ class Graph:
                     last_read[i] = index
         for index in self.live[1:]:
             node = self.nodes[index]
+            if isinstance(node, LayerNode):
+                node.read_where_positive = reads[index] == "positive"
             node.prepare(values, index, composite)
             for i in (*node.inputs, index):
                 if last_read.get(i, index) <= index:
                     values[i] = None
         self._values = None
-        for index, where in self.reads().items():
-            node = self.nodes[index]
-            if where == "positive" and isinstance(node, LayerNode):
-                node.state = node.rule.read_where_positive(node.layer, node.state)
         return self
 
     def reads(self) -> dict[int, str]:
         """Where the passes read each live node's v, and send it relevance (`nodes.READS`): the
         output everywhere; an input where its consumers read it (`Node.input_reads`), the widest
         over consumers. E.g. a convolution followed by a ReLU and layers whose rules gate their
-        input is read where its output is > 0 only. Needs the rules (after `prepare`)."""
+        input is read where its output is > 0 only. Needs the rules (`prepare` assigns them first)."""
         reads = {self.output: "all"}
         for index in reversed(self.live[1:]):
             node = self.nodes[index]

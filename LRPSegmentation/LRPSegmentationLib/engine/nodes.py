@@ -103,15 +103,22 @@ class LayerNode(Node):
         super().__init__(inputs, name)
         self.layer, self.kind = layer, kind
         self.reads_input = False
+        #: Whether the passes read this layer's output only where it is > 0 (`Graph.reads`).
+        self.read_where_positive = False
         self.rule = None
         self.state = None
         self.input_shape = None
 
-    def prepare(self, values, index, composite):
+    def assign_rule(self, composite: Composite) -> None:
         self.rule = composite.rule_for(self.kind, is_first=self.reads_input)
+
+    def prepare(self, values, index, composite):
+        if self.rule is None:
+            self.assign_rule(composite)
         x = values[self.inputs[0]]
         self.input_shape = x.shape
-        self.state = self.rule.prepare(self.layer, x, values[index])
+        prepare = self.rule.prepare_read_where_positive if self.read_where_positive else self.rule.prepare
+        self.state = prepare(self.layer, x, values[index])
 
     def _local(self, crop: Crop | None) -> Any:
         """The rule's state cut to ``crop`` (None where the layer or rule is used whole)."""

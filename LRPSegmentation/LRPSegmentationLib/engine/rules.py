@@ -76,10 +76,10 @@ class Rule(abc.ABC):
         None: the rule has no cropped form (the whole tensors are used)."""
         return None
 
-    def read_where_positive(self, layer: LinearLayer, state: Any) -> Any:
-        """The state for a layer whose outputs the passes read only where z > 0 (a ReLU and rules
-        that gate their input follow: `Graph.reads`): a rule may drop what only z < 0 needs."""
-        return state
+    def prepare_read_where_positive(self, layer: LinearLayer, x: torch.Tensor, z: torch.Tensor) -> Any:
+        """`prepare` for a layer whose outputs the passes read only where z > 0 (a ReLU and rules
+        that gate their input follow: `Graph.reads`): a rule may leave out what only z ≤ 0 needs."""
+        return self.prepare(layer, x, z)
 
     def transpose_channels(self, layer: LinearLayer, state: Any, v: torch.Tensor,
                            channels: Sequence[int]) -> torch.Tensor | None:
@@ -221,40 +221,45 @@ class Gamma(Rule):
         return weight[channels] if layer.transposed else weight[:, channels]
 
     def prepare(self, layer, x, z):
+        return self._prepare(layer, x, z, positive_only=False)
+
+    def prepare_read_where_positive(self, layer, x, z):
+        return self._prepare(layer, x, z, positive_only=True)
+
+    def _prepare(self, layer, x, z, positive_only: bool):
+        """The state: (x, 1/d, z > 0, signed channels, modified weights, positive_only)."""
         w, b, gamma = layer.weight, layer.bias, self.gamma
         signed = self._signed_channels(layer, x)  # None: x⁻ = 0 and every x⁻ term vanishes
+        w_pos = _pos(w)
         # P = W⁺x⁺ + W⁻x⁻ + b⁺ = W⁺|x| + W x⁻ + b⁺ agrees with a positive output; z − P with a negative one.
-        agreeing = layer.apply(x if signed is None else x.abs(), _pos(w), _pos(b))
+        agreeing = layer.apply(x if signed is None else x.abs(), w_pos, _pos(b))
         if signed is not None:
             agreeing += layer.apply(_neg(x[:, signed]), self._on_channels(layer, w, signed))
         positive = z > 0
+        # The modified weights every pass uses, made once per traced pass rather than in each pass:
+        # for a large network they are several element-wise sweeps over all of its parameters.
+        g_pos = torch.add(w, w_pos, alpha=gamma)  # G⁺ = W + γW⁺
+        if positive_only:
+            # Only outputs z > 0 are read (`Graph.reads`): d = z + γP there, 1/d = 0 elsewhere; the
+            # passes use x⁺G⁺ + x⁻G⁻, G⁻ = W + γW⁻ on the signed channels only.
+            inv_d = stabilize(agreeing.mul_(gamma).add_(z), self.stabilizer).reciprocal_().mul_(positive)
+            if signed is None:
+                return x, inv_d, positive, signed, (g_pos, None), True
+            w_signed = self._on_channels(layer, w, signed)
+            return x, inv_d, positive, signed, (g_pos, torch.add(w_signed, _neg(w_signed), alpha=gamma)), True
         # d = z + γP where z > 0 (x⁺(W + γW⁺) + x⁻(W + γW⁻) + b + γb⁺), z + γ(z − P) where z < 0
         # (x⁺(W + γW⁻) + x⁻(W + γW⁺) + b + γb⁻); in place: this runs once per layer at full resolution.
         d = torch.where(positive, agreeing, z - agreeing).mul_(gamma).add_(z)
         del agreeing
         # One tensor holds both inverse denominators (the masks are disjoint); 0 where z = 0.
         inv_d = stabilize(d, self.stabilizer).reciprocal_().mul_(z != 0)
-        # The modified weights every pass uses, made once per traced pass rather than in each pass:
-        # for a large network they are several element-wise sweeps over all of its parameters.
-        weights = self._boosted(w) if signed is None else (_pos(w), self._on_channels(layer, w, signed))
-        # The last entry: whether the passes read only the outputs z > 0 (`read_where_positive`).
-        return x, inv_d, positive, signed, weights, False
+        if signed is None:
+            return x, inv_d, positive, signed, (g_pos, torch.add(w, _neg(w), alpha=gamma)), False
+        return x, inv_d, positive, signed, (w_pos, self._on_channels(layer, w, signed)), False
 
     def crop(self, state, crop):
         x, inv_d, positive, signed, weights, positive_only = state
         return crop.input(x), crop.output(inv_d), crop.output(positive), signed, weights, positive_only
-
-    def read_where_positive(self, layer, state):
-        # Only outputs z > 0 are read: x⁺G⁺ + x⁻G⁻ there, one product with G⁺ and one with G⁻ on
-        # the signed channels only (none for an input ≥ 0); G⁻ is not kept whole.
-        x, inv_d, positive, signed, _, _ = state
-        g_pos, g_neg = self._boosted(layer.weight)
-        g_neg = None if signed is None else self._on_channels(layer, g_neg, signed)
-        return x, inv_d, positive, signed, (g_pos, g_neg), True
-
-    def _boosted(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """G⁺ = W + γW⁺ and G⁻ = W + γW⁻ (weights: cheap next to a convolution at full resolution)."""
-        return torch.add(w, _pos(w), alpha=self.gamma), torch.add(w, _neg(w), alpha=self.gamma)
 
     def relevance(self, layer, state, r):
         x, inv_d, positive, signed, weights, positive_only = state
@@ -264,10 +269,13 @@ class Gamma(Rule):
         s_neg = s.sub_(s_pos)
         # A layer followed by a ReLU gets relevance at its outputs z > 0 only: then s⁻ = 0 and its
         # products are skipped (a check costs far less than a convolution).
-        negative = bool(s_neg.any())
-        if positive_only and negative:  # cannot happen (`Graph.reads`); computed in full if it did
-            weights = self._boosted(w) if signed is None else (_pos(w), self._on_channels(layer, w, signed))
-            positive_only = False
+        if positive_only:  # 1/d = 0 where z ≤ 0: relevance there would be lost, so refuse it
+            if bool(r.ne(0).logical_and_(~positive).any()):
+                raise RuntimeError("LRP engine: relevance reached outputs z <= 0 of a layer whose graph analysis "
+                                   "(Graph.reads) found them unread; please report this model")
+            negative = False
+        else:
+            negative = bool(s_neg.any())
         if signed is None:  # x ⊙ (G⁺ᵀs⁺ + G⁻ᵀs⁻)
             g_pos, g_neg = weights
             out = layer.adjoint(s_pos, g_pos, x.shape)
@@ -309,7 +317,7 @@ class Gamma(Rule):
             out = layer.apply(x * v if signed is None else _pos(x) * v, g_pos)
             if signed is not None:
                 out += layer.apply(_neg(x[:, signed]) * v[:, signed], g_neg_signed)
-            return out.mul_(inv_d).mul_(positive)
+            return out.mul_(inv_d)  # 1/d is 0 where z ≤ 0
         if signed is None:  # z > 0: G⁺(x v), z < 0: G⁻(x v)
             g_pos, g_neg = weights
             xv = x * v
