@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .support import Box, is_small
+from .support import Box, is_small, slices
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class LinearLayer:
                 low = high = min(max(start, 0), n)
             read.append(slice(low, high))
             pads.append((low - start, stop - high))
-        return Crop(replace(self, padding=(0,) * len(box)), tuple(read), tuple(pads), tuple(slice(a, b) for a, b in box))
+        return Crop(replace(self, padding=(0,) * len(box)), tuple(read), tuple(pads), tuple(box))
 
     def shape_bias(self, bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """A bias (out,) shaped to broadcast against this layer's output ``like``."""
@@ -160,7 +160,7 @@ class Crop:
     layer: LinearLayer
     read: tuple[slice, ...]        # the input's part the box reads, inside the tensor
     pads: tuple[tuple[int, int], ...]  # zeros before and after it per axis (the layer's padding)
-    box: tuple[slice, ...]         # the output box
+    box: Box                       # the output box
 
     @property
     def reads_padding_only(self) -> bool:
@@ -172,7 +172,7 @@ class Crop:
 
     @property
     def output_index(self) -> tuple[slice, ...]:
-        return (slice(None), slice(None)) + self.box
+        return slices(self.box)
 
     def input(self, t: torch.Tensor) -> torch.Tensor:
         part = t[self.input_index]
