@@ -197,6 +197,10 @@ class Gamma(Rule):
     A layer whose input has no negative values (after a ReLU or max pooling: most layers of a
     U-Net) has x⁻ = 0, so only G⁺ = W + γW⁺ (outputs z > 0) and G⁻ = W + γW⁻ (z < 0) act on x:
     one convolution for the denominators (P = W⁺x) and two per pass, with no approximation.
+
+    A layer whose outputs the passes read only where z > 0 (a ReLU follows: `Graph.reads`) is
+    prepared by `prepare_read_where_positive`: x⁺G⁺ + x⁻G⁻ there, 1/d = 0 elsewhere, so one
+    product per pass for an input ≥ 0 (G⁻ on the signed channels only otherwise).
     """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
