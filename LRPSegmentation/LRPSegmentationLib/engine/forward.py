@@ -81,12 +81,14 @@ class _Scores:
         self.done: set[int] = set()
         self.partial: dict[int, torch.Tensor] = {}  # window → bool (d, h, w) on its output
 
-    def lacks(self, p: int, need: torch.Tensor) -> bool:
-        """Whether some voxel of ``need`` (bool on window p's output) lacks window p's share."""
+    def missing(self, p: int, need: torch.Tensor) -> torch.Tensor | None:
+        """The voxels of ``need`` (bool on window p's output) that lack window p's share; None if
+        there are none."""
         if p in self.done:
-            return False
+            return None
         added = self.partial.get(p)
-        return bool((need if added is None else need & ~added).any())
+        missing = need if added is None else need & ~added
+        return missing if missing.any() else None
 
     def numerator(self, logits: torch.Tensor) -> torch.Tensor:
         """c⊙y (1, K, ...) for window logits y (1, K, ...)."""
@@ -315,9 +317,10 @@ class TracedForward:
             return
         spatial, added, box = tuple(graph.logits.shape[2:]), scores.partial.get(p), None
         if need is not None and v is None:
-            box = bounding_box(need if added is None else need & ~added)
-            if box is None:  # all added before
+            missing = scores.missing(p, need)
+            if missing is None:  # all added before
                 return
+            box = bounding_box(missing)
             if not is_small(box, spatial):
                 box = None
         if v is None:
@@ -394,7 +397,7 @@ class TracedForward:
         scores = self._scores_for(target)
         needs = {p: functools.reduce(torch.logical_or, [m[self._windows[p]] for m, t in zip(masks, touching) if p in t])
                  for p in union}
-        pending = [p for p in union if scores.lacks(p, needs[p])]
+        pending = [p for p in union if scores.missing(p, needs[p]) is not None]
         steps, retraces = len(pending) + len(union), self._retraces
         for done, p in enumerate(pending, 1):  # s_a of a needs every window containing a
             self._normalize(scores, p, self._graph(p), need=needs[p])

@@ -9,12 +9,12 @@ passes such graphs one vector at a time (see ``Graph.folds_batch``).
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from .composites import Composite
-from .linear import Crop, LinearLayer
+from .linear import LinearLayer
 from .rules import stabilize
 from .support import Box, bounding_box
 
@@ -120,20 +120,17 @@ class LayerNode(Node):
         prepare = self.rule.prepare_read_where_positive if self.read_where_positive else self.rule.prepare
         self.state = prepare(self.layer, x, values[index])
 
-    def _local(self, crop: Crop | None) -> Any:
-        """The rule's state cut to ``crop`` (None where the layer or rule is used whole)."""
-        return None if crop is None or crop.reads_padding_only else self.rule.crop(self.state, crop)
-
     def transpose(self, v_in, box: Box | None = None):
         """``box``: the part of the output the pass needs; a convolution computes only that part
         (`LinearLayer.crop`), zeros elsewhere."""
+        v = v_in[0]
         crop = None if box is None else self.layer.crop(box, self.input_shape[2:])
-        local = self._local(crop)
-        if local is None:
-            if crop is not None and crop.reads_padding_only:
-                return v_in[0].new_zeros(self._output_shape(v_in[0].shape[0]))
-            return self.rule.transpose(self.layer, self.state, v_in[0])
-        part = self.rule.transpose(crop.layer, local, crop.input(v_in[0]))
+        if crop is not None and crop.reads_padding_only:
+            return v.new_zeros(self._output_shape(v.shape[0]))
+        local = None if crop is None else self.rule.crop(self.state, crop)
+        if local is None:  # the whole layer (no box, a large one, or a rule without a cropped form)
+            return self.rule.transpose(self.layer, self.state, v)
+        part = self.rule.transpose(crop.layer, local, crop.input(v))
         out = part.new_zeros(self._output_shape(part.shape[0]))
         out[crop.output_index] = part
         return out
@@ -141,19 +138,18 @@ class LayerNode(Node):
     def relevance(self, r):
         """A convolution's relevance from a region stays local through the last layers: the rule
         runs on the bounding box of r's nonzero values (`LinearLayer.crop`), the same numbers."""
+        input_shape = (r.shape[0],) + tuple(self.input_shape[1:])
         crop = None
         if self.layer.kind == "conv" and not self.layer.transposed:
             box = bounding_box(r.ne(0).flatten(0, 1).any(0))  # support over the batch and channels
-            if box is None:
-                return [r.new_zeros((r.shape[0],) + tuple(self.input_shape[1:]))]
-            crop = self.layer.crop(box, self.input_shape[2:])
-        local = self._local(crop)
+            crop = None if box is None else self.layer.crop(box, self.input_shape[2:])
+            if box is None or (crop is not None and crop.reads_padding_only):
+                return [r.new_zeros(input_shape)]
+        local = None if crop is None else self.rule.crop(self.state, crop)
         if local is None:
-            if crop is not None and crop.reads_padding_only:
-                return [r.new_zeros((r.shape[0],) + tuple(self.input_shape[1:]))]
             return [self.rule.relevance(self.layer, self.state, r)]
         part = self.rule.relevance(crop.layer, local, crop.output(r))
-        out = part.new_zeros((r.shape[0],) + tuple(self.input_shape[1:]))
+        out = part.new_zeros(input_shape)
         out[crop.input_index] = crop.unpad(part)
         return [out]
 
